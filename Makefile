@@ -1,0 +1,34 @@
+# Two commands do all set-up on a fresh machine:
+#   make demo   creates .venv, installs perfcallback, trains a small model with the monitor
+#   make test   creates .venv, installs the dev extras, runs the whole test suite
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Dev/CI pin: a CPU build of torch that installs from local disk. Users bring their own torch>=2.4.
+TORCH_PIN ?= torch==2.13.0
+
+.PHONY: demo test lint typecheck bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q "$(TORCH_PIN)"
+	$(BIN)/pip install -q -e '.[dev,lightning,tensorboard,nvml]' "$(TORCH_PIN)"
+	touch $@
+
+demo: $(VENV)/.installed
+	$(BIN)/python examples/raw_loop.py --logdir runs/demo
+
+test: $(VENV)/.installed
+	$(BIN)/pytest
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check perfcallback integrations tests examples benchmarks
+
+bench: $(VENV)/.installed
+	$(BIN)/python benchmarks/overhead.py
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info runs

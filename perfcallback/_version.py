@@ -1,0 +1,3 @@
+"""The package version, read statically by setuptools."""
+
+__version__ = "0.1.0"

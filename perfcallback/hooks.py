@@ -1,0 +1,117 @@
+"""Module and optimizer hooks that time forward, backward and optimizer phases with no loop changes.
+
+- forward: a forward pre-hook and an ``always_call`` forward hook on the root module only (nested
+  calls of the same module count once).
+- backward: the forward hook registers a gradient hook on the first output tensor that requires
+  grad; when autograd reaches it, backward has started, and it queues an engine callback that runs
+  when the whole backward pass is done (the mechanism DDP uses). The loss's own backward before it
+  reaches the model output counts as "other".
+- optimizer: ``register_step_pre_hook`` / ``register_step_post_hook`` (torch >= 2.0).
+
+Every callback runs behind the recorder's fail-open guard; handles are kept and removed in
+:meth:`PhaseHooks.remove`. Modules and optimizers are held by weak reference only.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.utils.hooks import RemovableHandle
+
+from perfcallback.recorder import StepRecorder
+from perfcallback.stats import BACKWARD, FORWARD, OPTIMIZER
+
+
+def _first_grad_tensor(output: Any) -> torch.Tensor | None:
+    """The first tensor in ``output`` (tensor, sequence or mapping) that requires grad."""
+    if isinstance(output, torch.Tensor):
+        return output if output.requires_grad else None
+    if isinstance(output, (list, tuple)):
+        items: Any = output
+    elif isinstance(output, dict):
+        items = output.values()
+    else:
+        items = getattr(output, "__dict__", {}).values()  # dataclass-like model outputs
+    for item in items:
+        if isinstance(item, torch.Tensor) and item.requires_grad:
+            return item
+    return None
+
+
+class PhaseHooks:
+    """Installs phase-timing hooks on a model and/or optimizer, feeding ``recorder``."""
+
+    def __init__(
+        self,
+        recorder: StepRecorder,
+        model: torch.nn.Module | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+    ) -> None:
+        self._rec = recorder
+        self._handles: list[RemovableHandle] = []
+        self._depth = 0
+        self._in_backward = False
+        guard = recorder.failopen.guard
+        self._on_grad: Callable[[torch.Tensor], None] = guard("backward_hook", self._grad_hook)
+        self._end_backward: Callable[[], None] = guard("backward_hook", self._backward_done)
+        if model is not None:
+            self._install_model(model, guard)
+        if optimizer is not None:
+            self._install_optimizer(optimizer, guard)
+
+    def _install_model(self, model: torch.nn.Module, guard: Any) -> None:
+        self._model_ref = weakref.ref(model)
+        self._handles.append(model.register_forward_pre_hook(guard("forward_hook", self._fwd_pre)))
+        self._handles.append(
+            model.register_forward_hook(guard("forward_hook", self._fwd_post), always_call=True)
+        )
+
+    def _install_optimizer(self, optimizer: torch.optim.Optimizer, guard: Any) -> None:
+        self._handles.append(
+            optimizer.register_step_pre_hook(guard("optimizer_hook", self._opt_pre))
+        )
+        self._handles.append(
+            optimizer.register_step_post_hook(guard("optimizer_hook", self._opt_post))
+        )
+
+    def remove(self) -> None:
+        """Remove every hook this object installed. Idempotent."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    # hooks: short, and everything measured lives in the recorder
+    def _fwd_pre(self, module: torch.nn.Module, args: Any) -> None:
+        self._depth += 1
+        if self._depth == 1:
+            self._rec.phase_start(FORWARD)
+
+    def _fwd_post(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+        self._depth = max(0, self._depth - 1)
+        if self._depth:
+            return
+        self._rec.phase_end(FORWARD)
+        if self._rec.in_step and torch.is_grad_enabled():
+            tensor = _first_grad_tensor(output)
+            if tensor is not None:
+                tensor.register_hook(self._on_grad)
+
+    def _grad_hook(self, grad: torch.Tensor) -> None:
+        if self._in_backward:
+            return
+        self._in_backward = True
+        self._rec.phase_start(BACKWARD)
+        torch.autograd.Variable._execution_engine.queue_callback(self._end_backward)
+
+    def _backward_done(self) -> None:
+        self._in_backward = False
+        self._rec.phase_end(BACKWARD)
+
+    def _opt_pre(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self._rec.phase_start(OPTIMIZER)
+
+    def _opt_post(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self._rec.phase_end(OPTIMIZER)

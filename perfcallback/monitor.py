@@ -1,0 +1,239 @@
+"""PerfMonitor: the context manager a raw PyTorch training loop uses.
+
+It owns a :class:`~perfcallback.recorder.StepRecorder`, installs the phase hooks on enter and removes
+them on exit, times batch fetches through :meth:`PerfMonitor.wrap_loader`, and writes
+``perf_report.json`` to ``logdir`` at exit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+import torch
+
+from perfcallback.context import RunContext, loader_facts, optimizer_facts
+from perfcallback.hooks import PhaseHooks
+from perfcallback.recorder import StepRecorder
+from perfcallback.report import Recommendation, Report
+from perfcallback.sinks import CallbackSink, LoggingSink, Sink
+
+T = TypeVar("T")
+
+
+def batch_size_of(batch: Any) -> int:
+    """Leading dimension of the first tensor in ``batch`` (tensor, sequence or mapping); 0 if none."""
+    for _ in range(3):  # look at most three levels deep: cheap, and covers (x, y) and {"x": ...}
+        if isinstance(batch, torch.Tensor):
+            return int(batch.shape[0]) if batch.dim() else 0
+        if isinstance(batch, (list, tuple)) and batch:
+            batch = batch[0]
+        elif isinstance(batch, Mapping) and batch:
+            batch = next(iter(batch.values()))
+        else:
+            return 0
+    return 0
+
+
+class _StepContext:
+    """``with perf.step():`` (reusable; one instance per monitor, so no allocation per step)."""
+
+    __slots__ = ("_monitor",)
+
+    def __init__(self, monitor: PerfMonitor) -> None:
+        self._monitor = monitor
+
+    def __enter__(self) -> None:
+        self._monitor._enter_step()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any
+    ) -> None:
+        self._monitor._exit_step(exc_type is not None)
+
+
+class PerfMonitor:
+    """Measure where each training step's time goes, in a plain PyTorch loop.
+
+    Args:
+        model: The root module; when given, forward and backward are timed through hooks.
+        optimizer: When given, ``optimizer.step()`` is timed through step hooks.
+        logdir: Directory for ``perf_report.json`` (and TensorBoard output); ``None`` writes nothing.
+        warmup_steps: Leading steps left out of the figures.
+        window_steps: Steps per window; rules and sinks run once per window.
+        on_recommendation: Called with each new or updated :class:`Recommendation`.
+        disabled_rules: Rule ids (``"gc.pauses"``) or categories (``"gc"``) to silence.
+        thresholds: Overrides of rule thresholds by name.
+        log_recommendations: Emit findings on the ``perfcallback`` logger as they appear.
+        sinks: Extra sinks.
+        recorder_kwargs: Passed through to :class:`StepRecorder` (``buffer_steps``, ``clock``, ...).
+
+    Example::
+
+        >>> import torch
+        >>> from perfcallback import PerfMonitor
+        >>> model = torch.nn.Linear(4, 1)
+        >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        >>> data = [torch.randn(8, 4) for _ in range(10)]
+        >>> with PerfMonitor(model=model, optimizer=opt, warmup_steps=2) as perf:
+        ...     for x in perf.wrap_loader(data):
+        ...         with perf.step():
+        ...             model(x).sum().backward()
+        ...             opt.step()
+        ...             opt.zero_grad()
+        >>> perf.report().steps
+        8
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+        logdir: str | os.PathLike[str] | None = None,
+        *,
+        warmup_steps: int = 5,
+        window_steps: int = 25,
+        on_recommendation: Callable[[Recommendation], object] | None = None,
+        disabled_rules: Sequence[str] = (),
+        thresholds: Mapping[str, float] | None = None,
+        log_recommendations: bool = True,
+        sinks: Sequence[Sink] = (),
+        **recorder_kwargs: Any,
+    ) -> None:
+        if model is not None and not isinstance(model, torch.nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(
+                f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
+            )
+        if on_recommendation is not None and not callable(on_recommendation):
+            raise TypeError("on_recommendation must be callable")
+        self._model, self._optimizer = model, optimizer
+        self.logdir = Path(logdir) if logdir is not None else None
+        all_sinks: list[Sink] = list(sinks)
+        if log_recommendations:
+            all_sinks.append(LoggingSink())
+        if on_recommendation is not None:
+            all_sinks.append(CallbackSink(on_recommendation))
+        context = RunContext()
+        if optimizer is not None:
+            context.optimizer = optimizer_facts(optimizer)
+        self.recorder = StepRecorder(
+            warmup_steps=warmup_steps,
+            window_steps=window_steps,
+            sinks=all_sinks,
+            context=context,
+            thresholds=thresholds,
+            disabled_rules=disabled_rules,
+            **recorder_kwargs,
+        )
+        self._hooks: PhaseHooks | None = None
+        self._entered = False
+        self._exited = False
+        self._step_ctx = _StepContext(self)
+
+    # ----------------------------------------------------------------- context manager
+    def __enter__(self) -> PerfMonitor:
+        if self._entered:
+            raise RuntimeError("PerfMonitor is not re-entrant: create a new PerfMonitor per run")
+        self._entered = True
+        self._hooks = PhaseHooks(self.recorder, self._model, self._optimizer)
+        self.recorder.install_gc_probe()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            if self.recorder.in_step:
+                self.recorder.abort_step()
+            if self._hooks is not None:
+                self._hooks.remove()
+        finally:
+            self._exited = True
+            self.recorder.close()
+            if self.logdir is not None:
+                self.recorder.failopen.guard("report_file", self._write_report)()
+        # never suppress the user's exception: return None
+
+    # ----------------------------------------------------------------- loop API
+    def wrap_loader(self, loader: Iterable[T]) -> Iterator[T]:
+        """Yield the items of ``loader`` unchanged, timing how long each one takes to arrive.
+
+        Raises:
+            TypeError: ``loader`` is not iterable.
+        """
+        if not hasattr(loader, "__iter__"):
+            raise TypeError(f"wrap_loader() needs an iterable, got {type(loader).__name__}")
+        facts = loader_facts(loader)
+        if facts is not None:
+            self.recorder.context.loader = facts
+        return self._timed_iter(iter(loader))
+
+    def _timed_iter(self, it: Iterator[T]) -> Iterator[T]:
+        rec = self.recorder
+        while True:
+            rec.data_begin()
+            try:
+                item = next(it)
+            except StopIteration:
+                rec.abort_fetch()
+                return
+            rec.data_end(batch_size_of(item))
+            yield item
+
+    def step(self) -> _StepContext:
+        """Context manager around one training iteration (one optimizer step).
+
+        Raises:
+            RuntimeError: used outside the ``with PerfMonitor(...)`` block, or nested.
+        """
+        return self._step_ctx
+
+    def _enter_step(self) -> None:
+        if not self._entered or self._exited:
+            raise RuntimeError(
+                "perf.step() must be used inside `with PerfMonitor(...) as perf:`; "
+                "enter the monitor first"
+            )
+        if self.recorder.in_step:
+            raise RuntimeError(
+                "perf.step() blocks cannot be nested: one `with perf.step():` per optimizer step"
+            )
+        self.recorder.begin_step()
+
+    def _exit_step(self, failed: bool) -> None:
+        if failed:
+            self.recorder.abort_step()
+        else:
+            self.recorder.end_step()
+
+    # ----------------------------------------------------------------- results
+    def report(self) -> Report:
+        """Figures and findings for the steps measured so far (inside or after the with-block)."""
+        return self.recorder.report()
+
+    def _write_report(self) -> None:
+        assert self.logdir is not None
+        self.logdir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.logdir / "perf_report.json", self.report().to_dict())
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write ``data`` as JSON to ``path`` through a temporary file, so a crash never truncates it."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise

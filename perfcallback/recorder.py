@@ -1,0 +1,439 @@
+"""StepRecorder: the framework-free engine every integration drives.
+
+Adapters (``PerfMonitor``, the Lightning callback) translate their events into five calls:
+``data_begin``/``data_end`` around a batch fetch, ``begin_step``/``end_step`` around one training
+iteration, and ``phase_start``/``phase_end`` around forward, backward and optimizer work. Everything
+else (windows, rules, sinks, the report) happens here, so every integration measures the same way.
+
+Design notes:
+- Phases are timed *exclusively*: when a phase starts inside another (the forward and backward that
+  an LBFGS closure runs inside ``optimizer.step``), the outer one pauses. Time in no phase is
+  "other", derived as the step's wall time minus the measured phases, so the phases always add up
+  to the step exactly.
+- A step's wall time runs from the start of its batch fetch (or from ``begin_step`` when nothing was
+  fetched) to ``end_step``. Time between steps outside any fetch is not part of a step.
+- The hot path is a few ``perf_counter`` calls, list stores and one small object per step. The ring
+  buffer has a fixed size; rules, summaries and sinks run once per window.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from collections import deque
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from perfcallback.clock import Clock, CudaEventTimer, host_clock
+from perfcallback.context import RunContext
+from perfcallback.failopen import FailOpen
+from perfcallback.findings import FindingTracker
+from perfcallback.memory import HostRSS, cuda_memory_snapshot, cuda_total_bytes
+from perfcallback.report import Report, Recommendation, sort_recommendations
+from perfcallback.rules import evaluate
+from perfcallback.sinks import Sink
+from perfcallback.stats import (
+    DATA,
+    OTHER,
+    PHASE_NAMES,
+    StepRecord,
+    WindowStats,
+    percentile,
+    slope,
+    summarize,
+)
+
+logger = logging.getLogger("perfcallback")
+
+_N_PHASES = len(PHASE_NAMES)
+_CUDA_MEMORY_EVERY = 5  # steps between allocator snapshots (memory_stats() costs tens of us)
+
+
+class StepRecorder:
+    """Collects per-step timings, memory and GC figures, and turns windows into findings.
+
+    Args:
+        warmup_steps: Leading steps left out of every figure (allocator warm-up, compilation).
+        window_steps: Steps per window; rules and sinks run once per window.
+        buffer_steps: Capacity of the ring buffer of per-step records (bounds memory).
+        fire_after: Consecutive windows a rule must hold before its finding is emitted.
+        clear_after: Consecutive windows a rule must be absent before its finding is resolved.
+        sinks: Receivers of window summaries and recommendation events.
+        context: Facts about the run that rules read; a default one is created if omitted.
+        thresholds: Overrides of rule thresholds by name (see docs/rules.md).
+        disabled_rules: Rule ids or categories never evaluated.
+        cuda: Time the device side with CUDA events; ``None`` means "if CUDA is available".
+        clock: Host clock in seconds; injectable for exact tests.
+    """
+
+    def __init__(
+        self,
+        *,
+        warmup_steps: int = 5,
+        window_steps: int = 25,
+        buffer_steps: int = 1024,
+        fire_after: int = 2,
+        clear_after: int = 2,
+        sinks: Sequence[Sink] = (),
+        context: RunContext | None = None,
+        thresholds: Mapping[str, float] | None = None,
+        disabled_rules: Sequence[str] = (),
+        cuda: bool | None = None,
+        clock: Clock = host_clock,
+    ) -> None:
+        for name, value, low in (
+            ("warmup_steps", warmup_steps, 0),
+            ("window_steps", window_steps, 1),
+            ("buffer_steps", buffer_steps, 1),
+        ):
+            if not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        if buffer_steps < window_steps:
+            raise ValueError(
+                f"buffer_steps ({buffer_steps}) must be >= window_steps ({window_steps})"
+            )
+        self.warmup_steps = warmup_steps
+        self.window_steps = window_steps
+        self.clock = clock
+        self.context = context or RunContext()
+        self.thresholds = dict(thresholds or {})
+        self.disabled_rules = tuple(disabled_rules)
+        self.sinks: list[Sink] = list(sinks)
+        self.failopen = FailOpen()
+        self._tracker = FindingTracker(fire_after=fire_after, clear_after=clear_after)
+        self._ring: deque[StepRecord] = deque(maxlen=buffer_steps)
+        self._rss = HostRSS()
+        use_cuda = torch.cuda.is_available() if cuda is None else cuda
+        self._cuda = CudaEventTimer(_N_PHASES) if use_cuda else None
+        if use_cuda:
+            self.context.device_type = "cuda"
+        self._reset_totals()
+        # current step
+        self._in_step = False
+        self._acc = [0.0] * _N_PHASES
+        self._active = OTHER
+        self._stack: list[int] = []
+        self._t_mark = 0.0
+        self._step_t0 = 0.0
+        # between steps
+        self._data_t0 = 0.0
+        self._fetch_t0: float | None = None
+        self._pending_data_s = 0.0
+        self._pending_samples = 0
+        self._gc_t0 = 0.0
+        self._gc_pause_s = 0.0
+        self._gc_count = 0
+        self._gc_installed = False
+        self._closed = False
+        self.steps_seen = 0  # steps ended, warm-up included
+
+    def _reset_totals(self) -> None:
+        self._totals = [0.0] * _N_PHASES
+        self._total_step_s = 0.0
+        self._total_samples = 0
+        self._measured = 0
+        self._gc_totals = {"pause_s": 0.0, "collections": 0, "gen0": 0, "gen1": 0, "gen2": 0}
+        self._dev_totals = [0.0] * _N_PHASES
+        self._dev_step_s = 0.0
+        self._dev_steps = 0
+        self._dev_window: list[tuple[float, list[float]]] = []
+        self._cuda_retries_at_window = 0.0
+
+    # ----------------------------------------------------------------- lifecycle
+    def install_gc_probe(self) -> None:
+        """Start timing garbage collections (``gc.callbacks``); undone by :meth:`close`."""
+        if not self._gc_installed:
+            gc.callbacks.append(self._on_gc)
+            self._gc_installed = True
+
+    def close(self) -> None:
+        """Resolve outstanding device timings, flush sinks, release probes. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._gc_installed:
+            gc.callbacks.remove(self._on_gc)
+            self._gc_installed = False
+        if self._cuda is not None:
+            self.failopen.guard("cuda_timer", self._apply_device)(self._cuda.drain())
+        self._rss.close()
+        for i, sink in enumerate(self.sinks):
+            self.failopen.guard(f"sink[{i}]:{type(sink).__name__}", sink.close)()
+
+    # ----------------------------------------------------------------- hot path
+    def data_begin(self) -> None:
+        """The training loop starts waiting for a batch."""
+        self._data_t0 = self.clock()
+        if self._in_step:
+            self.phase_start(DATA)
+        elif self._fetch_t0 is None:
+            self._fetch_t0 = self._data_t0
+
+    def data_end(self, samples: int = 0) -> None:
+        """The batch arrived; ``samples`` is its batch size when known (0 otherwise)."""
+        if self._in_step:
+            self.phase_end(DATA)
+        else:
+            self._pending_data_s += self.clock() - self._data_t0
+        self._pending_samples += samples
+
+    def abort_fetch(self) -> None:
+        """The fetch started by :meth:`data_begin` produced no batch (end of the loader)."""
+        if self._in_step:
+            self.phase_end(DATA)
+        elif self._pending_data_s == 0.0:
+            self._fetch_t0 = None
+
+    def begin_step(self) -> None:
+        """A training iteration starts (after its batch was fetched)."""
+        t = self.clock()
+        self._in_step = True
+        self._step_t0 = self._fetch_t0 if self._fetch_t0 is not None else t
+        acc = self._acc
+        acc[0] = self._pending_data_s
+        acc[1] = acc[2] = acc[3] = acc[4] = 0.0
+        self._active = OTHER
+        self._stack.clear()
+        self._t_mark = t
+        if self._cuda is not None:
+            self._cuda.begin(OTHER)
+
+    def phase_start(self, phase: int) -> None:
+        """Enter ``phase`` (an index from :mod:`perfcallback.stats`); pauses the current one."""
+        if not self._in_step:
+            return
+        t = self.clock()
+        self._acc[self._active] += t - self._t_mark
+        self._stack.append(self._active)
+        self._active = phase
+        self._t_mark = t
+        if self._cuda is not None:
+            self._cuda.mark(phase)
+
+    def phase_end(self, phase: int) -> None:
+        """Leave ``phase``; the phase it interrupted resumes."""
+        if not self._in_step or self._active != phase:
+            return
+        t = self.clock()
+        self._acc[phase] += t - self._t_mark
+        self._active = self._stack.pop() if self._stack else OTHER
+        self._t_mark = t
+        if self._cuda is not None:
+            self._cuda.mark(self._active)
+
+    def end_step(self) -> None:
+        """The training iteration finished (after ``optimizer.step()``)."""
+        if not self._in_step:
+            return
+        t = self.clock()
+        self._in_step = False
+        acc = self._acc
+        step_s = t - self._step_t0
+        acc[OTHER] = max(0.0, step_s - acc[0] - acc[1] - acc[2] - acc[3])
+        self.steps_seen += 1
+        index = self.steps_seen
+        samples, gc_pause, gc_count = self._pending_samples, self._gc_pause_s, self._gc_count
+        self._fetch_t0 = None
+        self._pending_data_s = 0.0
+        self._pending_samples = self._gc_count = 0
+        self._gc_pause_s = 0.0
+        if self._cuda is not None:
+            self._cuda.end(index)
+        if index <= self.warmup_steps:
+            return
+        cuda = None
+        if self._cuda is not None and index % _CUDA_MEMORY_EVERY == 0:
+            cuda = self.failopen.guard("cuda_memory", cuda_memory_snapshot)()
+        rss = self._rss.read() if self.failopen.is_on("host_rss") else 0
+        self._ring.append(
+            StepRecord(index, step_s, acc.copy(), samples, rss, gc_pause, gc_count, t, cuda)
+        )
+        totals = self._totals
+        for i in range(_N_PHASES):
+            totals[i] += acc[i]
+        self._total_step_s += step_s
+        self._total_samples += samples
+        self._measured += 1
+        self._gc_totals["pause_s"] += gc_pause
+        self._gc_totals["collections"] += gc_count
+        if self._cuda is not None:
+            self.failopen.guard("cuda_timer", self._apply_device)(self._cuda.poll())
+        if self._measured % self.window_steps == 0:
+            self.failopen.guard("window", self._process_window)()
+
+    def abort_step(self) -> None:
+        """Drop the current step (the user's code raised inside it)."""
+        self._in_step = False
+        self._fetch_t0 = None
+        self._pending_data_s = 0.0
+        self._pending_samples = 0
+        if self._cuda is not None:
+            self._cuda.discard()
+
+    @property
+    def in_step(self) -> bool:
+        return self._in_step
+
+    def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._gc_t0 = self.clock()
+            return
+        self._gc_pause_s += self.clock() - self._gc_t0
+        self._gc_count += 1
+        gen = info.get("generation", 0)
+        key = f"gen{gen}"
+        if key in self._gc_totals:
+            self._gc_totals[key] += 1
+
+    def _apply_device(self, resolved: list[tuple[int, float, list[float]]]) -> None:
+        for index, step_s, phases in resolved:
+            if index <= self.warmup_steps:
+                continue
+            self._dev_step_s += step_s
+            self._dev_steps += 1
+            for i, p in enumerate(phases):
+                self._dev_totals[i] += p
+            self._dev_window.append((step_s, phases))
+            del self._dev_window[: -self.window_steps]
+
+    # ----------------------------------------------------------------- windows
+    def window(self, steps: int | None = None) -> WindowStats | None:
+        """Summary of the last ``steps`` measured steps (default: one window); ``None`` if none."""
+        n = self.window_steps if steps is None else steps
+        if not self._ring:
+            return None
+        records = list(self._ring)[-n:]
+        extra: dict[str, Any] = {}
+        if self._dev_window:
+            k = len(self._dev_window)
+            extra["device_step_s"] = sum(s for s, _ in self._dev_window) / k
+            extra["device_phase_s"] = {
+                name: sum(p[i] for _, p in self._dev_window) / k
+                for i, name in enumerate(PHASE_NAMES)
+            }
+        if self._cuda is not None:
+            snap = self.failopen.guard("cuda_memory", cuda_memory_snapshot)()
+            if snap is not None:
+                extra["cuda_alloc_retries"] = int(snap["alloc_retries"] - self._cuda_retries_at_window)
+                extra["cuda_total_bytes"] = self.failopen.guard("cuda_memory", cuda_total_bytes)()
+        return summarize(records, **extra)
+
+    def _process_window(self) -> None:
+        stats = self.window()
+        if stats is None:
+            return
+        if stats.cuda_alloc_retries is not None:
+            self._cuda_retries_at_window += stats.cuda_alloc_retries
+        recs = self._evaluate(stats)
+        events = self._tracker.update(recs)
+        for i, sink in enumerate(self.sinks):
+            name = f"sink[{i}]:{type(sink).__name__}"
+            if not self.failopen.is_on(name):
+                continue
+            self.failopen.guard(name, sink.on_window)(stats)
+            for event, rec in events:
+                self.failopen.guard(name, sink.on_recommendation)(event, rec)
+
+    def _evaluate(self, stats: WindowStats) -> list[Recommendation]:
+        if not self.failopen.is_on("rules"):
+            return []
+        return evaluate(
+            stats,
+            self.context,
+            thresholds=self.thresholds,
+            disabled=self.disabled_rules,
+            on_error=lambda rule_id, exc: self.failopen.trip(f"rule:{rule_id}", exc),
+        )
+
+    # ----------------------------------------------------------------- report
+    def report(self) -> Report:
+        """Figures over every measured step so far, and the findings (active and resolved).
+
+        Rules are also evaluated on all retained steps, so a run shorter than the hysteresis
+        still gets its diagnosis.
+        """
+        n = self._measured
+        if n == 0:
+            breakdown = dict.fromkeys((*PHASE_NAMES, "step"), 0.0)
+            return Report(
+                steps=0,
+                warmup_steps=self.warmup_steps,
+                breakdown=breakdown,
+                disabled=dict(self.failopen.disabled),
+            )
+        breakdown = {name: self._totals[i] / n for i, name in enumerate(PHASE_NAMES)}
+        breakdown["step"] = self._total_step_s / n
+        times = sorted(r.step_s for r in self._ring)
+        percentiles = {
+            "p50": percentile(times, 50),
+            "p90": percentile(times, 90),
+            "p99": percentile(times, 99),
+            "max": times[-1],
+        }
+        throughput = {"steps_per_s": n / self._total_step_s if self._total_step_s else 0.0}
+        if self._total_samples and self._total_step_s:
+            throughput["samples_per_s"] = self._total_samples / self._total_step_s
+        stats = self.window(len(self._ring))
+        recs = self._findings_now(stats)
+        active_ids = {r.rule for r in recs}
+        return Report(
+            steps=n,
+            warmup_steps=self.warmup_steps,
+            breakdown=breakdown,
+            device_breakdown=self._device_breakdown(),
+            step_percentiles_s=percentiles,
+            throughput=throughput,
+            memory=self._memory_figures(stats),
+            gc=self._gc_figures(n),
+            recommendations=recs,
+            resolved=[r for r in self._tracker.resolved() if r.rule not in active_ids],
+            disabled=dict(self.failopen.disabled),
+        )
+
+    def _findings_now(self, stats: WindowStats | None) -> list[Recommendation]:
+        active = {r.rule: r for r in self._tracker.active()}
+        if stats is not None:
+            for rec in self._evaluate(stats):
+                active[rec.rule] = rec  # whole-run evidence supersedes the last window's
+        return sort_recommendations(list(active.values()))
+
+    def _device_breakdown(self) -> dict[str, float] | None:
+        if not self._dev_steps:
+            return None
+        k = self._dev_steps
+        out = {name: self._dev_totals[i] / k for i, name in enumerate(PHASE_NAMES) if i != DATA}
+        out["step"] = self._dev_step_s / k
+        return out
+
+    def _memory_figures(self, stats: WindowStats | None) -> dict[str, float]:
+        out: dict[str, float] = {}
+        if stats is None:
+            return out
+        if stats.host_rss_bytes is not None:
+            out["host_rss_bytes"] = stats.host_rss_bytes
+            rss = [r for r in self._ring if r.rss_bytes > 0]
+            out["host_rss_peak_bytes"] = float(max(r.rss_bytes for r in rss))
+            trend = slope([float(r.index) for r in rss], [float(r.rss_bytes) for r in rss])
+            if trend is not None:
+                out["host_rss_slope_bytes_per_step"] = trend
+        for name in ("cuda_allocated_bytes", "cuda_reserved_bytes", "cuda_peak_allocated_bytes",
+                     "cuda_allocated_slope_bytes_per_step"):
+            value = getattr(stats, name)
+            if value is not None:
+                out[name] = float(value)
+        if stats.cuda_alloc_retries is not None:
+            out["cuda_alloc_retries"] = float(stats.cuda_alloc_retries + self._cuda_retries_at_window)
+        return out
+
+    def _gc_figures(self, n: int) -> dict[str, float]:
+        g = self._gc_totals
+        return {
+            "collections_per_step": g["collections"] / n,
+            "pause_s_per_step": g["pause_s"] / n,
+            "gen0_collections": float(g["gen0"]),
+            "gen1_collections": float(g["gen1"]),
+            "gen2_collections": float(g["gen2"]),
+        }
+

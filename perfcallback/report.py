@@ -1,0 +1,202 @@
+"""Results a user reads: :class:`Recommendation` (one finding) and :class:`Report` (a whole run).
+
+Both are frozen value objects. ``to_dict()`` returns only JSON types, and ``Report.__str__`` is the
+only place that formats figures for people.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Severity = Literal["info", "warning", "critical"]
+SEVERITY_RANK: dict[str, int] = {"info": 1, "warning": 2, "critical": 3}
+CATEGORIES: tuple[str, ...] = (
+    "dataloader",
+    "host_sync",
+    "launch_bound",
+    "precision",
+    "memory",
+    "communication",
+    "straggler",
+    "h2d_copy",
+    "optimizer",
+    "step_variance",
+    "gc",
+    "recompilation",
+)
+PHASES: tuple[str, ...] = ("data", "forward", "backward", "optimizer", "other")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Recommendation:
+    """One diagnosis: what is wrong, the measured evidence, and the concrete fix.
+
+    Attributes:
+        rule: Stable id, ``category.snake_case`` (e.g. ``"dataloader.stall"``).
+        category: One of :data:`CATEGORIES`.
+        severity: ``"info"``, ``"warning"`` or ``"critical"``, graded by the measured magnitude.
+        message: What is wrong and what to change (API, flag, value).
+        evidence: The measured figures the finding rests on (JSON types only).
+        est_gain: Estimated share of step time saved by the fix (0..1), or ``None`` if unknown.
+
+    Example::
+
+        >>> r = Recommendation(rule="gc.pauses", category="gc", severity="info",
+        ...                    message="Call gc.freeze() after setup.", evidence={"gc_pct": 3.0})
+        >>> r.to_dict()["rule"]
+        'gc.pauses'
+    """
+
+    rule: str
+    category: str
+    severity: Severity
+    message: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+    est_gain: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.severity not in SEVERITY_RANK:
+            raise ValueError(f"severity must be one of info/warning/critical, got {self.severity!r}")
+        if self.category not in CATEGORIES:
+            raise ValueError(f"category must be one of {CATEGORIES}, got {self.category!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rule": self.rule,
+            "category": self.category,
+            "severity": self.severity,
+            "message": self.message,
+            "evidence": _jsonable(self.evidence),
+            "est_gain": _finite_or_none(self.est_gain),
+        }
+
+    def one_line(self) -> str:
+        """Compact form for terminals: ``[warning] dataloader.stall: <message>``."""
+        return f"[{self.severity}] {self.rule}: {self.message}"
+
+
+def sort_recommendations(recs: list[Recommendation]) -> list[Recommendation]:
+    """Most severe first; within a severity, the largest estimated gain first."""
+    return sorted(recs, key=lambda r: (-SEVERITY_RANK[r.severity], -(r.est_gain or 0.0), r.rule))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Report:
+    """Everything measured over a run (or over the steps seen so far).
+
+    Attributes:
+        steps: Measured steps (warm-up steps excluded).
+        warmup_steps: Leading steps left out of every figure.
+        breakdown: Mean seconds per step for ``data``, ``forward``, ``backward``, ``optimizer``,
+            ``other`` and ``step`` (wall time of a whole step including its data wait). The five
+            phases add up to ``step``.
+        device_breakdown: On CUDA, the same phases measured with CUDA events (device-side view),
+            plus ``step``; ``None`` on CPU or before any event resolved.
+        step_percentiles_s: ``p50``/``p90``/``p99``/``max`` step time over the recent window.
+        throughput: ``steps_per_s`` and, when the batch size can be read, ``samples_per_s``.
+        memory: Host RSS (``host_rss_bytes``, ``host_rss_slope_bytes_per_step``) and, on CUDA,
+            ``cuda_allocated_bytes``, ``cuda_reserved_bytes``, ``cuda_peak_allocated_bytes``,
+            ``cuda_alloc_retries``.
+        gc: ``collections_per_step``, ``pause_s_per_step`` and per-generation counts.
+        recommendations: Active findings, most severe first.
+        resolved: Findings that fired earlier in the run and no longer hold.
+        disabled: Components switched off after an internal error (fail-open), with the reason.
+    """
+
+    steps: int
+    warmup_steps: int
+    breakdown: dict[str, float]
+    device_breakdown: dict[str, float] | None = None
+    step_percentiles_s: dict[str, float] = field(default_factory=dict)
+    throughput: dict[str, float] = field(default_factory=dict)
+    memory: dict[str, float] = field(default_factory=dict)
+    gc: dict[str, float] = field(default_factory=dict)
+    recommendations: list[Recommendation] = field(default_factory=list)
+    resolved: list[Recommendation] = field(default_factory=list)
+    disabled: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form (the content of ``perf_report.json``)."""
+        return {
+            "steps": self.steps,
+            "warmup_steps": self.warmup_steps,
+            "breakdown": _jsonable(self.breakdown),
+            "device_breakdown": _jsonable(self.device_breakdown),
+            "step_percentiles_s": _jsonable(self.step_percentiles_s),
+            "throughput": _jsonable(self.throughput),
+            "memory": _jsonable(self.memory),
+            "gc": _jsonable(self.gc),
+            "recommendations": [r.to_dict() for r in self.recommendations],
+            "resolved": [r.to_dict() for r in self.resolved],
+            "disabled": dict(self.disabled),
+        }
+
+    def __str__(self) -> str:
+        step = self.breakdown.get("step", 0.0)
+        lines = [f"perfcallback report: {self.steps} steps measured ({self.warmup_steps} warm-up)"]
+        if self.steps == 0:
+            lines.append("  no steps measured yet")
+        else:
+            lines.append(f"  {'phase':<10} {'ms/step':>10} {'share':>7}")
+            for phase in (*PHASES, "step"):
+                secs = self.breakdown.get(phase, 0.0)
+                share = secs / step if step > 0 else 0.0
+                lines.append(f"  {phase:<10} {secs * 1e3:>10.3f} {share:>7.1%}")
+        if self.device_breakdown:
+            dev = ", ".join(f"{k} {v * 1e3:.3f}" for k, v in self.device_breakdown.items())
+            lines.append(f"  device (CUDA events, ms/step): {dev}")
+        if self.step_percentiles_s:
+            pct = ", ".join(f"{k} {v * 1e3:.3f}" for k, v in self.step_percentiles_s.items())
+            lines.append(f"  step time (ms): {pct}")
+        if self.throughput:
+            lines.append("  throughput: " + ", ".join(f"{k} {v:.1f}" for k, v in self.throughput.items()))
+        if "host_rss_bytes" in self.memory:
+            lines.append(
+                f"  host RSS {self.memory['host_rss_bytes'] / 2**20:.1f} MiB, trend "
+                f"{self.memory.get('host_rss_slope_bytes_per_step', 0.0) / 2**10:+.1f} KiB/step"
+            )
+        if "cuda_allocated_bytes" in self.memory:
+            lines.append(
+                f"  CUDA allocated {self.memory['cuda_allocated_bytes'] / 2**20:.1f} MiB, reserved "
+                f"{self.memory.get('cuda_reserved_bytes', 0.0) / 2**20:.1f} MiB, peak "
+                f"{self.memory.get('cuda_peak_allocated_bytes', 0.0) / 2**20:.1f} MiB"
+            )
+        if self.gc:
+            lines.append(
+                f"  gc: {self.gc.get('collections_per_step', 0.0):.2f} collections/step, "
+                f"{self.gc.get('pause_s_per_step', 0.0) * 1e3:.3f} ms/step paused"
+            )
+        if self.recommendations:
+            lines.append("recommendations:")
+            lines.extend(f"  {r.one_line()}" for r in self.recommendations)
+        else:
+            lines.append("recommendations: none")
+        if self.resolved:
+            lines.append("resolved during the run:")
+            lines.extend(f"  {r.one_line()}" for r in self.resolved)
+        for component, reason in self.disabled.items():
+            lines.append(f"  (switched off after an internal error: {component}: {reason})")
+        return "\n".join(lines)
+
+
+def _finite_or_none(x: float | None) -> float | None:
+    if x is None or not math.isfinite(x):
+        return None
+    return float(x)
+
+
+def _jsonable(value: Any) -> Any:
+    """Convert nested evidence to JSON types (tuples to lists, non-finite floats to None)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
+        return value
+    if isinstance(value, float):
+        return _finite_or_none(value)
+    if hasattr(value, "item"):  # numpy / torch scalar
+        return _jsonable(value.item())
+    return str(value)

@@ -1,0 +1,182 @@
+"""Per-step records and the window summary that rules, sinks and the report read.
+
+``StepRecord`` is what the hot path produces (a handful of floats). ``WindowStats`` summarises the
+last N records (means, percentiles, trends); it is the single input type of every rule, whether the
+window came from live steps or from a captured trace.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+# Indices into StepRecord.phases; "other" is derived (step wall time minus the measured phases).
+DATA, FORWARD, BACKWARD, OPTIMIZER, OTHER = range(5)
+PHASE_NAMES: tuple[str, ...] = ("data", "forward", "backward", "optimizer", "other")
+
+
+class StepRecord:
+    """One measured step. Slotted and positional: it is built once per step on the hot path."""
+
+    __slots__ = (
+        "index", "step_s", "phases", "samples", "rss_bytes", "gc_pause_s", "gc_collections",
+        "t_end", "cuda",
+    )
+
+    def __init__(
+        self,
+        index: int,
+        step_s: float,
+        phases: list[float],
+        samples: int,
+        rss_bytes: int,
+        gc_pause_s: float,
+        gc_collections: int,
+        t_end: float,
+        cuda: dict[str, float] | None = None,
+    ) -> None:
+        self.index = index
+        self.step_s = step_s
+        self.phases = phases
+        self.samples = samples
+        self.rss_bytes = rss_bytes
+        self.gc_pause_s = gc_pause_s
+        self.gc_collections = gc_collections
+        self.t_end = t_end
+        self.cuda = cuda
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WindowStats:
+    """Summary of consecutive measured steps; fields that were not measured are ``None``.
+
+    Times are seconds per step (means unless named otherwise); shares are fractions of ``step_s``.
+    """
+
+    first_step: int
+    last_step: int
+    steps: int
+    step_s: float
+    step_p50_s: float
+    step_p90_s: float
+    step_p99_s: float
+    step_max_s: float
+    step_times_s: tuple[float, ...]
+    phase_s: dict[str, float]
+    steps_per_s: float
+    samples_per_s: float | None = None
+    host_rss_bytes: float | None = None
+    host_rss_slope_bytes_per_step: float | None = None
+    gc_pause_s: float = 0.0
+    gc_collections_per_step: float = 0.0
+    device_step_s: float | None = None
+    device_phase_s: dict[str, float] | None = None
+    cuda_allocated_bytes: float | None = None
+    cuda_reserved_bytes: float | None = None
+    cuda_peak_allocated_bytes: float | None = None
+    cuda_total_bytes: float | None = None
+    cuda_allocated_slope_bytes_per_step: float | None = None
+    cuda_alloc_retries: int | None = None
+    recompiles: int | None = None
+    graph_breaks: int | None = None
+    # Figures from other sources joined into the window (trace captures, cross-rank gathers),
+    # keyed by the names in EXTRA_KEYS.
+    extra: dict[str, float] = field(default_factory=dict)
+
+    def share(self, phase: str) -> float:
+        """Share of the mean step spent in ``phase`` (0 when the step time is 0)."""
+        return self.phase_s.get(phase, 0.0) / self.step_s if self.step_s > 0 else 0.0
+
+
+# Keys of WindowStats.extra: GPU and distributed figures that come from profiler traces (a live
+# capture or `perfcallback analyze`) or from cross-rank gathers. Percentages are of the mean step
+# wall time unless noted; definitions follow HolisticTraceAnalysis where it has one.
+EXTRA_KEYS: dict[str, str] = {
+    "gpu_busy_pct": "share of the step with any GPU kernel or memcpy/memset running",
+    "gpu_idle_pct": "share of the step with the GPU idle (HTA temporal breakdown)",
+    "gpu_compute_pct": "share of the step in compute kernels (HTA)",
+    "gpu_non_compute_pct": "share of the step in communication and memory kernels (HTA)",
+    "comm_pct": "share of the step in communication (NCCL/RCCL/gloo) kernels",
+    "comm_comp_overlap_pct": "share of communication time overlapped by compute kernels (HTA)",
+    "idle_host_wait_pct": "share of GPU idle time spent waiting on the host (HTA idle breakdown)",
+    "kernels_per_step": "GPU kernels launched per step",
+    "short_kernel_pct": "share of kernels shorter than 10 microseconds",
+    "launch_delay_us": "median delay from cudaLaunchKernel to kernel start",
+    "h2d_pageable_pct": "share of host-to-device copies made from pageable memory",
+    "h2d_pct": "share of the step in host-to-device copies",
+    "sync_wait_pct": "share of host step time blocked in device synchronisation calls",
+    "straggler_spread_pct": "(max - min) / mean step time across ranks, percent",
+    "comm_wait_spread_pct": "(max - min) / mean communication time across ranks, percent",
+    "slowest_rank": "rank with the longest mean step",
+}
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile of already sorted values (``q`` in 0..100)."""
+    if not sorted_values:
+        return math.nan
+    pos = (len(sorted_values) - 1) * q / 100.0
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def slope(xs: Sequence[float], ys: Sequence[float]) -> float | None:
+    """Least-squares slope of ``ys`` over ``xs``; ``None`` with fewer than 3 points."""
+    n = len(xs)
+    if n < 3:
+        return None
+    mx, my = sum(xs) / n, sum(ys) / n
+    var = sum((x - mx) ** 2 for x in xs)
+    if var == 0:
+        return None
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var
+
+
+def summarize(records: Sequence[StepRecord], **extra_fields: object) -> WindowStats:
+    """Summarise ``records`` (oldest first, at least one) into a :class:`WindowStats`.
+
+    ``extra_fields`` fill fields the records do not carry (recompiles, CUDA totals, ...).
+    """
+    n = len(records)
+    times = [r.step_s for r in records]
+    ordered = sorted(times)
+    total = sum(times)
+    phase_s = {name: sum(r.phases[i] for r in records) / n for i, name in enumerate(PHASE_NAMES)}
+    samples = sum(r.samples for r in records)
+    rss = [r for r in records if r.rss_bytes > 0]
+    cuda = [r for r in records if r.cuda is not None]
+    fields: dict[str, object] = {
+        "first_step": records[0].index,
+        "last_step": records[-1].index,
+        "steps": n,
+        "step_s": total / n,
+        "step_p50_s": percentile(ordered, 50),
+        "step_p90_s": percentile(ordered, 90),
+        "step_p99_s": percentile(ordered, 99),
+        "step_max_s": ordered[-1],
+        "step_times_s": tuple(times),
+        "phase_s": phase_s,
+        "steps_per_s": n / total if total > 0 else 0.0,
+        "samples_per_s": samples / total if samples and total > 0 else None,
+        "gc_pause_s": sum(r.gc_pause_s for r in records) / n,
+        "gc_collections_per_step": sum(r.gc_collections for r in records) / n,
+    }
+    if rss:
+        fields["host_rss_bytes"] = float(rss[-1].rss_bytes)
+        fields["host_rss_slope_bytes_per_step"] = slope(
+            [float(r.index) for r in rss], [float(r.rss_bytes) for r in rss]
+        )
+    if cuda:
+        last = cuda[-1].cuda or {}
+        fields["cuda_allocated_bytes"] = last.get("allocated_bytes")
+        fields["cuda_reserved_bytes"] = last.get("reserved_bytes")
+        fields["cuda_peak_allocated_bytes"] = max(
+            (r.cuda or {}).get("peak_allocated_bytes", 0.0) for r in cuda
+        )
+        fields["cuda_allocated_slope_bytes_per_step"] = slope(
+            [float(r.index) for r in cuda], [(r.cuda or {}).get("allocated_bytes", 0.0) for r in cuda]
+        )
+    fields.update(extra_fields)
+    return WindowStats(**fields)  # type: ignore[arg-type]
