@@ -14,6 +14,12 @@ import torch
 SHARED_TRACES = Path(__file__).resolve().parents[2] / "shared" / "traces"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # One intra-op thread: on a 2-core machine OpenMP spin-waits otherwise add milliseconds of
+    # jitter to every step, and the timing tests compare planted costs within 10%.
+    torch.set_num_threads(1)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if torch.cuda.is_available():
         return

@@ -1,0 +1,246 @@
+"""StepRecorder with an injected clock: exact figures, no wall time."""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+
+from _helpers import FakeClock
+from perfcallback.recorder import StepRecorder
+from perfcallback.rules import Finding, _REGISTRY, rule
+from perfcallback.sinks import Sink
+from perfcallback.stats import BACKWARD, FORWARD, OPTIMIZER, WindowStats
+
+
+def run_step(rec: StepRecorder, clock: FakeClock, *, data=0.0, fwd=0.0, bwd=0.0, opt=0.0, other=0.0,
+             samples=0) -> None:
+    rec.data_begin()
+    clock.advance(data)
+    rec.data_end(samples)
+    rec.begin_step()
+    for phase, secs in ((FORWARD, fwd), (BACKWARD, bwd), (OPTIMIZER, opt)):
+        rec.phase_start(phase)
+        clock.advance(secs)
+        rec.phase_end(phase)
+    clock.advance(other)
+    rec.end_step()
+
+
+def test_phases_add_up_exactly_and_warmup_is_excluded() -> None:
+    clock = FakeClock()
+    rec = StepRecorder(warmup_steps=2, window_steps=5, clock=clock, cuda=False)
+    for _ in range(2):  # warm-up steps are slow and must not count
+        run_step(rec, clock, data=1.0, fwd=1.0)
+    for _ in range(10):
+        run_step(rec, clock, data=0.004, fwd=0.003, bwd=0.002, opt=0.001, other=0.0005, samples=8)
+    report = rec.report()
+    assert report.steps == 10
+    assert report.warmup_steps == 2
+    b = report.breakdown
+    assert b["data"] == pytest.approx(0.004)
+    assert b["forward"] == pytest.approx(0.003)
+    assert b["backward"] == pytest.approx(0.002)
+    assert b["optimizer"] == pytest.approx(0.001)
+    assert b["other"] == pytest.approx(0.0005)
+    assert b["step"] == pytest.approx(0.0105)
+    assert sum(b[p] for p in ("data", "forward", "backward", "optimizer", "other")) == pytest.approx(
+        b["step"]
+    )
+    assert report.throughput["samples_per_s"] == pytest.approx(8 / 0.0105)
+    assert report.step_percentiles_s["max"] == pytest.approx(0.0105)
+
+
+def test_nested_phase_pauses_the_outer_one() -> None:
+    """An LBFGS-style closure runs forward and backward inside optimizer.step()."""
+    clock = FakeClock()
+    rec = StepRecorder(warmup_steps=0, clock=clock, cuda=False)
+    rec.begin_step()
+    rec.phase_start(OPTIMIZER)
+    clock.advance(0.001)
+    rec.phase_start(FORWARD)
+    clock.advance(0.010)
+    rec.phase_end(FORWARD)
+    rec.phase_start(BACKWARD)
+    clock.advance(0.020)
+    rec.phase_end(BACKWARD)
+    clock.advance(0.002)
+    rec.phase_end(OPTIMIZER)
+    rec.end_step()
+    b = rec.report().breakdown
+    assert b["forward"] == pytest.approx(0.010)
+    assert b["backward"] == pytest.approx(0.020)
+    assert b["optimizer"] == pytest.approx(0.003)
+    assert b["step"] == pytest.approx(0.033)
+    assert b["other"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_gradient_accumulation_sums_phases() -> None:
+    clock = FakeClock()
+    rec = StepRecorder(warmup_steps=0, clock=clock, cuda=False)
+    rec.begin_step()
+    for _ in range(4):
+        rec.phase_start(FORWARD)
+        clock.advance(0.001)
+        rec.phase_end(FORWARD)
+        rec.phase_start(BACKWARD)
+        clock.advance(0.002)
+        rec.phase_end(BACKWARD)
+    rec.end_step()
+    b = rec.report().breakdown
+    assert b["forward"] == pytest.approx(0.004)
+    assert b["backward"] == pytest.approx(0.008)
+
+
+def test_aborted_step_is_not_counted() -> None:
+    clock = FakeClock()
+    rec = StepRecorder(warmup_steps=0, clock=clock, cuda=False)
+    run_step(rec, clock, fwd=0.001)
+    rec.begin_step()
+    clock.advance(5.0)
+    rec.abort_step()
+    run_step(rec, clock, fwd=0.001)
+    assert rec.report().steps == 2
+    assert rec.report().breakdown["step"] == pytest.approx(0.001)
+
+
+def test_ring_buffer_is_bounded() -> None:
+    clock = FakeClock()
+    rec = StepRecorder(warmup_steps=0, window_steps=10, buffer_steps=50, clock=clock, cuda=False)
+    for _ in range(1000):
+        run_step(rec, clock, fwd=0.001)
+    assert len(rec._ring) == 50
+    assert rec.report().steps == 1000
+
+
+class _Collect(Sink):
+    def __init__(self) -> None:
+        self.windows: list[WindowStats] = []
+        self.events: list[tuple[str, str]] = []
+
+    def on_window(self, stats: WindowStats) -> None:
+        self.windows.append(stats)
+
+    def on_recommendation(self, event: str, rec) -> None:
+        self.events.append((event, rec.rule))
+
+
+@pytest.fixture
+def slow_forward_rule():
+    """A throwaway rule registered for one test (the registry refuses duplicates)."""
+
+    @rule("step_variance.test_slow_forward", category="step_variance")
+    def _slow_forward(stats, ctx, th):
+        if stats.phase_s["forward"] > th.get("fwd_s", 0.005):
+            return Finding(severity="warning", message="forward is slow",
+                           evidence={"forward_s": stats.phase_s["forward"]})
+        return None
+
+    yield "step_variance.test_slow_forward"
+    del _REGISTRY["step_variance.test_slow_forward"]
+
+
+def test_windows_feed_rules_with_hysteresis(slow_forward_rule: str) -> None:
+    clock = FakeClock()
+    sink = _Collect()
+    rec = StepRecorder(warmup_steps=0, window_steps=5, fire_after=2, clear_after=1,
+                       sinks=[sink], clock=clock, cuda=False)
+    for _ in range(5):
+        run_step(rec, clock, fwd=0.010)
+    assert sink.events == []  # held for one window only
+    for _ in range(5):
+        run_step(rec, clock, fwd=0.010)
+    assert sink.events == [("new", slow_forward_rule)]
+    for _ in range(5):  # still holds, same message: no repeat
+        run_step(rec, clock, fwd=0.010)
+    assert sink.events == [("new", slow_forward_rule)]
+    for _ in range(5):
+        run_step(rec, clock, fwd=0.001)
+    assert sink.events[-1] == ("resolved", slow_forward_rule)
+    assert len(sink.windows) == 4
+    assert sink.windows[0].steps == 5
+    report = rec.report()
+    assert [r.rule for r in report.resolved] == [slow_forward_rule]
+
+
+def test_report_evaluates_rules_on_a_short_run(slow_forward_rule: str) -> None:
+    clock = FakeClock()
+    rec = StepRecorder(warmup_steps=0, window_steps=25, fire_after=3, clock=clock, cuda=False)
+    for _ in range(10):  # shorter than one window
+        run_step(rec, clock, fwd=0.010)
+    assert [r.rule for r in rec.report().recommendations] == [slow_forward_rule]
+
+
+def test_rule_thresholds_and_disabling(slow_forward_rule: str) -> None:
+    clock = FakeClock()
+    rec = StepRecorder(warmup_steps=0, clock=clock, cuda=False, thresholds={"fwd_s": 1.0})
+    run_step(rec, clock, fwd=0.010)
+    assert rec.report().recommendations == []
+    rec2 = StepRecorder(warmup_steps=0, clock=clock, cuda=False, disabled_rules=["step_variance"])
+    run_step(rec2, clock, fwd=0.010)
+    assert rec2.report().recommendations == []
+
+
+def test_failing_rule_and_sink_are_switched_off(caplog: pytest.LogCaptureFixture) -> None:
+    @rule("gc.test_broken", category="gc")
+    def _broken(stats, ctx, th):
+        raise ZeroDivisionError("planted")
+
+    class BrokenSink(Sink):
+        def on_window(self, stats: WindowStats) -> None:
+            raise OSError("disk full (planted)")
+
+    try:
+        clock = FakeClock()
+        rec = StepRecorder(warmup_steps=0, window_steps=2, sinks=[BrokenSink()], clock=clock,
+                           cuda=False)
+        for _ in range(10):
+            run_step(rec, clock, fwd=0.001)
+        report = rec.report()
+    finally:
+        del _REGISTRY["gc.test_broken"]
+    assert report.steps == 10
+    assert "rule:gc.test_broken" in report.disabled
+    assert any(k.startswith("sink[0]:BrokenSink") for k in report.disabled)
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 2  # each failure logged once, with its traceback
+    assert all(r.exc_info for r in errors)
+
+
+def test_gc_pauses_are_timed_per_step() -> None:
+    rec = StepRecorder(warmup_steps=0, cuda=False)
+    rec.install_gc_probe()
+    try:
+        for _ in range(3):
+            rec.begin_step()
+            gc.collect()
+            rec.end_step()
+    finally:
+        rec.close()
+    g = rec.report().gc
+    assert g["collections_per_step"] >= 1.0
+    assert g["gen2_collections"] >= 3
+    assert g["pause_s_per_step"] > 0
+    assert rec._on_gc not in gc.callbacks
+
+
+def test_host_rss_is_measured() -> None:
+    clock = FakeClock()
+    rec = StepRecorder(warmup_steps=0, clock=clock, cuda=False)
+    for _ in range(5):
+        run_step(rec, clock, fwd=0.001)
+    assert rec.report().memory["host_rss_bytes"] > 10 * 2**20
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"warmup_steps": -1}, "warmup_steps"),
+        ({"window_steps": 0}, "window_steps"),
+        ({"window_steps": 100, "buffer_steps": 10}, "buffer_steps"),
+        ({"fire_after": 0}, "fire_after"),
+    ],
+)
+def test_bad_arguments_are_rejected_with_the_value(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        StepRecorder(cuda=False, **kwargs)
