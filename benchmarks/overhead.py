@@ -24,11 +24,15 @@ from perfcallback import PerfMonitor
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
-def make_setup(width: int, batch: int, n_batches: int) -> tuple[torch.nn.Module, torch.optim.Optimizer, list[Batch]]:
+def make_setup(
+    width: int, batch: int, n_batches: int
+) -> tuple[torch.nn.Module, torch.optim.Optimizer, list[Batch]]:
     torch.manual_seed(0)
     model = torch.nn.Sequential(
-        torch.nn.Linear(256, width), torch.nn.ReLU(),
-        torch.nn.Linear(width, width), torch.nn.ReLU(),
+        torch.nn.Linear(256, width),
+        torch.nn.ReLU(),
+        torch.nn.Linear(width, width),
+        torch.nn.ReLU(),
         torch.nn.Linear(width, 10),
     )
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -36,7 +40,9 @@ def make_setup(width: int, batch: int, n_batches: int) -> tuple[torch.nn.Module,
     return model, opt, data
 
 
-def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> None:
+def train_step(
+    model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor
+) -> None:
     loss = torch.nn.functional.cross_entropy(model(x), y)
     loss.backward()
     opt.step()
@@ -64,7 +70,8 @@ def block_profiler_always(model, opt, data) -> None:
 def block_profiler_scheduled(model, opt, data) -> None:
     schedule = torch.profiler.schedule(wait=44, warmup=1, active=5, repeat=1)
     with torch.profiler.profile(
-        activities=[torch.profiler.ProfilerActivity.CPU], schedule=schedule,
+        activities=[torch.profiler.ProfilerActivity.CPU],
+        schedule=schedule,
         on_trace_ready=lambda prof: None,
     ) as prof:
         for x, y in data:
@@ -89,8 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     # One intra-op thread by default: with two on a 2-core machine, OpenMP spin-waits add
     # milliseconds of jitter per step that swamp a 1% effect.
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--check", type=float, default=None,
-                        help="exit 1 if perfcallback's ratio exceeds this")
+    parser.add_argument(
+        "--check", type=float, default=None, help="exit 1 if perfcallback's ratio exceeds this"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     model, opt, data = make_setup(args.width, args.batch, args.steps)
@@ -106,8 +114,10 @@ def main(argv: list[str] | None = None) -> int:
             VARIANTS[name](model, opt, data)
             times[name].append((time.perf_counter() - t0) / args.steps)
     base = statistics.median(times["baseline"])
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{args.rounds} rounds x {args.steps} steps per variant")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{args.rounds} rounds x {args.steps} steps per variant"
+    )
     print(f"{'variant':<32} {'ms/step':>9} {'ratio':>7}")
     ratios = {}
     for name, samples in times.items():

@@ -38,9 +38,14 @@ class DecodedImages(Dataset[tuple[torch.Tensor, torch.Tensor]]):
 
 def build_model() -> torch.nn.Module:
     return torch.nn.Sequential(
-        torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-        torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-        torch.nn.Flatten(), torch.nn.Linear(32 * 8 * 8, 10),
+        torch.nn.Conv2d(3, 16, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(16, 32, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.MaxPool2d(2),
+        torch.nn.Flatten(),
+        torch.nn.Linear(32 * 8 * 8, 10),
     )
 
 
@@ -57,8 +62,7 @@ def main() -> None:
     model = build_model()
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     dataset = DecodedImages(args.steps * args.batch_size, args.decode_ms / 1e3)
-    loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True,
-                        num_workers=args.workers)
+    loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True, num_workers=args.workers)
 
     with PerfMonitor(model=model, optimizer=opt, logdir=args.logdir) as perf:
         for x, y in perf.wrap_loader(loader):
@@ -69,8 +73,10 @@ def main() -> None:
                 opt.zero_grad(set_to_none=True)
 
     print(perf.report())
-    print(f"\nWrote {args.logdir}/perf_report.json. Open the run with:\n"
-          f"  tensorboard --logdir {args.logdir}")
+    print(
+        f"\nWrote {args.logdir}/perf_report.json. Open the run with:\n"
+        f"  tensorboard --logdir {args.logdir}"
+    )
 
 
 if __name__ == "__main__":

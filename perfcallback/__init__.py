@@ -14,7 +14,7 @@ from perfcallback._version import __version__
 from perfcallback.monitor import PerfMonitor
 from perfcallback.report import Recommendation, Report
 
-__all__ = ["__version__", "PerfCallback", "PerfMonitor", "Recommendation", "Report"]
+__all__ = ["PerfCallback", "PerfMonitor", "Recommendation", "Report", "__version__"]
 
 
 def __getattr__(name: str) -> object:

@@ -8,6 +8,7 @@ the device. ``synchronize()`` is called only in :meth:`CudaEventTimer.drain`, at
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import deque
 from collections.abc import Callable
@@ -54,7 +55,9 @@ class CudaEventTimer:
         self._current.append((-1, self._event()))
         self._pending.append((step_index, self._current))
         self._current = []
-        while len(self._pending) > _MAX_PENDING_STEPS:  # bounded even if the device never catches up
+        while (
+            len(self._pending) > _MAX_PENDING_STEPS
+        ):  # bounded even if the device never catches up
             self._recycle(self._pending.popleft()[1])
 
     def discard(self) -> None:
@@ -78,7 +81,7 @@ class CudaEventTimer:
 
     def _resolve(self, marks: list[tuple[int, Any]]) -> tuple[float, list[float]]:
         phases = [0.0] * self._n_phases
-        for (phase, start), (_, stop) in zip(marks, marks[1:]):
+        for (phase, start), (_, stop) in itertools.pairwise(marks):
             if 0 <= phase < self._n_phases:
                 phases[phase] += start.elapsed_time(stop) / 1e3  # elapsed_time is in ms
         total = marks[0][1].elapsed_time(marks[-1][1]) / 1e3

@@ -1,7 +1,7 @@
 """PerfMonitor: the context manager a raw PyTorch training loop uses.
 
-It owns a :class:`~perfcallback.recorder.StepRecorder`, installs the phase hooks on enter and removes
-them on exit, times batch fetches through :meth:`PerfMonitor.wrap_loader`, and writes
+It owns a :class:`~perfcallback.recorder.StepRecorder`, installs the phase hooks on enter and
+removes them on exit, times batch fetches through :meth:`PerfMonitor.wrap_loader`, and writes
 ``perf_report.json`` to ``logdir`` at exit.
 """
 
@@ -27,7 +27,7 @@ T = TypeVar("T")
 
 
 def batch_size_of(batch: Any) -> int:
-    """Leading dimension of the first tensor in ``batch`` (tensor, sequence or mapping); 0 if none."""
+    """Leading dimension of the first tensor in ``batch`` (tensor, sequence, mapping), else 0."""
     for _ in range(3):  # look at most three levels deep: cheap, and covers (x, y) and {"x": ...}
         if isinstance(batch, torch.Tensor):
             return int(batch.shape[0]) if batch.dim() else 0
@@ -63,7 +63,7 @@ class PerfMonitor:
     Args:
         model: The root module; when given, forward and backward are timed through hooks.
         optimizer: When given, ``optimizer.step()`` is timed through step hooks.
-        logdir: Directory for ``perf_report.json`` (and TensorBoard output); ``None`` writes nothing.
+        logdir: Directory for ``perf_report.json`` and TensorBoard output; ``None`` writes none.
         warmup_steps: Leading steps left out of the figures.
         window_steps: Steps per window; rules and sinks run once per window.
         on_recommendation: Called with each new or updated :class:`Recommendation`.
@@ -228,7 +228,7 @@ class PerfMonitor:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write ``data`` as JSON to ``path`` through a temporary file, so a crash never truncates it."""
+    """Write ``data`` as JSON to ``path`` via a temporary file, so a crash never truncates it."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:

@@ -58,7 +58,9 @@ class Recommendation:
 
     def __post_init__(self) -> None:
         if self.severity not in SEVERITY_RANK:
-            raise ValueError(f"severity must be one of info/warning/critical, got {self.severity!r}")
+            raise ValueError(
+                f"severity must be one of info/warning/critical, got {self.severity!r}"
+            )
         if self.category not in CATEGORIES:
             raise ValueError(f"category must be one of {CATEGORIES}, got {self.category!r}")
 
@@ -151,7 +153,9 @@ class Report:
             pct = ", ".join(f"{k} {v * 1e3:.3f}" for k, v in self.step_percentiles_s.items())
             lines.append(f"  step time (ms): {pct}")
         if self.throughput:
-            lines.append("  throughput: " + ", ".join(f"{k} {v:.1f}" for k, v in self.throughput.items()))
+            lines.append(
+                "  throughput: " + ", ".join(f"{k} {v:.1f}" for k, v in self.throughput.items())
+            )
         if "host_rss_bytes" in self.memory:
             lines.append(
                 f"  host RSS {self.memory['host_rss_bytes'] / 2**20:.1f} MiB, trend "

@@ -84,6 +84,9 @@ def run_distributed(fn: Callable[..., Any], *args: Any, world_size: int = 2) -> 
     import torch.multiprocessing as mp
 
     mp.start_processes(
-        _dist_entry, args=(fn, world_size, free_port(), args), nprocs=world_size,
-        join=True, start_method="spawn",
+        _dist_entry,
+        args=(fn, world_size, free_port(), args),
+        nprocs=world_size,
+        join=True,
+        start_method="spawn",
     )

@@ -11,9 +11,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from perfcallback import PerfMonitor, Report
+
 from _helpers import make_loader, tiny_model
 from conftest import assert_no_hooks
-from perfcallback import PerfMonitor, Report
 
 PHASES = ("data", "forward", "backward", "optimizer", "other")
 
@@ -119,9 +120,7 @@ def test_planted_data_wait_is_reported_within_10_percent() -> None:
         train(perf, model, opt, loader)
     report = perf.report()
     assert report.steps == 27
-    assert report.breakdown["data"] == pytest.approx(
-        planted_per_step(dataset.slept, 27), rel=0.10
-    )
+    assert report.breakdown["data"] == pytest.approx(planted_per_step(dataset.slept, 27), rel=0.10)
     assert report.breakdown["data"] / report.breakdown["step"] > 0.8
     assert report.throughput["samples_per_s"] == pytest.approx(
         8 / report.breakdown["step"], rel=0.01
@@ -218,15 +217,18 @@ def test_misuse_raises_clear_errors() -> None:
     perf = PerfMonitor()
     with pytest.raises(RuntimeError, match=r"inside `with PerfMonitor"), perf.step():
         pass
-    with PerfMonitor() as perf, pytest.raises(RuntimeError, match="cannot be nested"):  # noqa: PT012
-        with perf.step():
-            with perf.step():
-                pass
+    with (
+        PerfMonitor() as perf,
+        pytest.raises(RuntimeError, match="cannot be nested"),
+        perf.step(),
+        perf.step(),
+    ):
+        pass
     with pytest.raises(RuntimeError, match="not re-entrant"), perf:
         pass
-    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+    with pytest.raises(TypeError, match=r"model must be a torch\.nn\.Module"):
         PerfMonitor(model="resnet")  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="optimizer must be a torch.optim.Optimizer"):
+    with pytest.raises(TypeError, match=r"optimizer must be a torch\.optim\.Optimizer"):
         PerfMonitor(optimizer=object())  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="wrap_loader\\(\\) needs an iterable, got int"):
         PerfMonitor().wrap_loader(3)  # type: ignore[arg-type]

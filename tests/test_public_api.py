@@ -53,7 +53,9 @@ def test_perfcallback_without_lightning_names_the_extra() -> None:
 
 def test_version_entry_point() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "perfcallback", "--version"], capture_output=True, text=True,
+        [sys.executable, "-m", "perfcallback", "--version"],
+        capture_output=True,
+        text=True,
         timeout=60,
     )
     assert proc.returncode == 0

@@ -6,15 +6,25 @@ import gc
 
 import pytest
 
-from _helpers import FakeClock
 from perfcallback.recorder import StepRecorder
-from perfcallback.rules import Finding, _REGISTRY, rule
+from perfcallback.rules import _REGISTRY, Finding, rule
 from perfcallback.sinks import Sink
 from perfcallback.stats import BACKWARD, FORWARD, OPTIMIZER, WindowStats
 
+from _helpers import FakeClock
 
-def run_step(rec: StepRecorder, clock: FakeClock, *, data=0.0, fwd=0.0, bwd=0.0, opt=0.0, other=0.0,
-             samples=0) -> None:
+
+def run_step(
+    rec: StepRecorder,
+    clock: FakeClock,
+    *,
+    data=0.0,
+    fwd=0.0,
+    bwd=0.0,
+    opt=0.0,
+    other=0.0,
+    samples=0,
+) -> None:
     rec.data_begin()
     clock.advance(data)
     rec.data_end(samples)
@@ -44,9 +54,9 @@ def test_phases_add_up_exactly_and_warmup_is_excluded() -> None:
     assert b["optimizer"] == pytest.approx(0.001)
     assert b["other"] == pytest.approx(0.0005)
     assert b["step"] == pytest.approx(0.0105)
-    assert sum(b[p] for p in ("data", "forward", "backward", "optimizer", "other")) == pytest.approx(
-        b["step"]
-    )
+    assert sum(
+        b[p] for p in ("data", "forward", "backward", "optimizer", "other")
+    ) == pytest.approx(b["step"])
     assert report.throughput["samples_per_s"] == pytest.approx(8 / 0.0105)
     assert report.step_percentiles_s["max"] == pytest.approx(0.0105)
 
@@ -132,8 +142,11 @@ def slow_forward_rule():
     @rule("step_variance.test_slow_forward", category="step_variance")
     def _slow_forward(stats, ctx, th):
         if stats.phase_s["forward"] > th.get("fwd_s", 0.005):
-            return Finding(severity="warning", message="forward is slow",
-                           evidence={"forward_s": stats.phase_s["forward"]})
+            return Finding(
+                severity="warning",
+                message="forward is slow",
+                evidence={"forward_s": stats.phase_s["forward"]},
+            )
         return None
 
     yield "step_variance.test_slow_forward"
@@ -143,8 +156,15 @@ def slow_forward_rule():
 def test_windows_feed_rules_with_hysteresis(slow_forward_rule: str) -> None:
     clock = FakeClock()
     sink = _Collect()
-    rec = StepRecorder(warmup_steps=0, window_steps=5, fire_after=2, clear_after=1,
-                       sinks=[sink], clock=clock, cuda=False)
+    rec = StepRecorder(
+        warmup_steps=0,
+        window_steps=5,
+        fire_after=2,
+        clear_after=1,
+        sinks=[sink],
+        clock=clock,
+        cuda=False,
+    )
     for _ in range(5):
         run_step(rec, clock, fwd=0.010)
     assert sink.events == []  # held for one window only
@@ -192,8 +212,9 @@ def test_failing_rule_and_sink_are_switched_off(caplog: pytest.LogCaptureFixture
 
     try:
         clock = FakeClock()
-        rec = StepRecorder(warmup_steps=0, window_steps=2, sinks=[BrokenSink()], clock=clock,
-                           cuda=False)
+        rec = StepRecorder(
+            warmup_steps=0, window_steps=2, sinks=[BrokenSink()], clock=clock, cuda=False
+        )
         for _ in range(10):
             run_step(rec, clock, fwd=0.001)
         report = rec.report()

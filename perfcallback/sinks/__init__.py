@@ -24,7 +24,7 @@ class Sink:
         """A window of steps was summarised."""
 
     def on_recommendation(self, event: str, rec: Recommendation) -> None:
-        """A finding became active (``"new"``), changed (``"updated"``) or stopped (``"resolved"``)."""
+        """A finding became active (``"new"``), changed (``"updated"``) or ended."""
 
     def close(self) -> None:
         """The run ended; flush and release resources."""
