@@ -1,14 +1,17 @@
 """Facts about the run that rules need besides the measurements: device, loader, optimizer, torch.
 
-The monitor fills these in as it learns them (the loader when it is wrapped, the optimizer when it is
-given); rules read them to tailor the fix to the user's actual settings.
+The monitor fills these in as it learns them (the loader when it is wrapped, the optimizer when it
+is given); rules read them to tailor the fix to the user's actual settings.
 """
 
 from __future__ import annotations
 
+import gc
 import os
+import sys
+from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -26,6 +29,19 @@ class RunContext:
     loader: dict[str, Any] | None = None
     optimizer: dict[str, Any] | None = None
     compile_in_use: bool = False
+    # Host memory and the Python collector's settings, quoted by the memory and gc rules.
+    host_memory_bytes: int | None = field(default_factory=lambda: host_memory_bytes())
+    gc_threshold: tuple[int, ...] = field(default_factory=gc.get_threshold)
+    # Precision facts (CUDA only): refreshed once per window by the recorder.
+    float32_matmul_precision: str = field(default_factory=torch.get_float32_matmul_precision)
+    autocast_seen: bool | None = None  # autocast active in a sampled forward; None = not sampled
+    param_dtype: str | None = None  # dtype of most of the model's parameters, e.g. "float32"
+    cuda_capability: tuple[int, int] | None = None
+    cuda_alloc_conf: str = field(
+        default_factory=lambda: os.environ.get(
+            "PYTORCH_CUDA_ALLOC_CONF", os.environ.get("PYTORCH_ALLOC_CONF", "")
+        )
+    )
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -54,3 +70,102 @@ def optimizer_facts(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
         "n_params": sum(p.numel() for g in optimizer.param_groups for p in g["params"]),
         "n_tensors": sum(len(g["params"]) for g in optimizer.param_groups),
     }
+
+
+def host_memory_bytes() -> int | None:
+    """Physical memory of the host in bytes (``None`` where ``sysconf`` cannot tell)."""
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def param_dtype(model: torch.nn.Module) -> str | None:
+    """Name of the dtype holding most of ``model``'s parameter elements (``"float32"``)."""
+    sizes: dict[torch.dtype, int] = {}
+    for p in model.parameters():
+        sizes[p.dtype] = sizes.get(p.dtype, 0) + p.numel()
+    if not sizes:
+        return None
+    return str(max(sizes, key=lambda d: sizes[d])).removeprefix("torch.")
+
+
+def is_compiled(model: torch.nn.Module) -> bool:
+    """``model`` came from ``torch.compile(model)`` or had ``model.compile()`` called on it."""
+    return hasattr(model, "_orig_mod") or getattr(model, "_compiled_call_impl", None) is not None
+
+
+class CompileCounts(NamedTuple):
+    """Cumulative torch._dynamo figures for this process (they only grow, unless reset)."""
+
+    frames: int  # frames compiled: first compiles and recompiles alike
+    graph_breaks: int  # graph breaks traced
+    compile_s: float  # seconds inside dynamo's compile (tracing and backend)
+
+
+def dynamo_counts() -> CompileCounts | None:
+    """Read torch._dynamo's global counters; ``None`` when dynamo was never imported.
+
+    Reads private counters (``torch._dynamo.utils.counters`` and ``compilation_time_metrics``),
+    hence a cheap once-per-window call behind the recorder's fail-open guard; checking
+    ``sys.modules`` first keeps a run that never compiles from importing dynamo (seconds).
+    """
+    utils = sys.modules.get("torch._dynamo.utils")
+    if utils is None:
+        return None
+    counters = utils.counters
+    frames = int(counters.get("frames", {}).get("total", 0))
+    breaks = int(sum(counters.get("graph_break", {}).values()))
+    times = getattr(utils, "compilation_time_metrics", {}).get("_compile.compile_inner", ())
+    return CompileCounts(frames, breaks, float(sum(times)))
+
+
+class CompileProbe:
+    """torch.compile figures per window, from dynamo's counters read once per window.
+
+    The counters are process-wide and cumulative, so the probe keeps a few snapshots keyed by the
+    last step they cover (one at the end of warm-up, one per window) and reports differences.
+
+    Args:
+        max_marks: Snapshots kept; enough to cover the recorder's ring buffer.
+    """
+
+    def __init__(self, max_marks: int) -> None:
+        self._base = dynamo_counts() or CompileCounts(0, 0, 0.0)
+        self._marks: deque[tuple[int, CompileCounts]] = deque(maxlen=max(1, max_marks))
+
+    def mark(self, step: int) -> None:
+        """Snapshot the counters as of the end of ``step``."""
+        now = dynamo_counts()
+        if now is not None:
+            self._marks.append((step, now))
+
+    def fields(self, first_step: int, ctx: RunContext) -> dict[str, Any]:
+        """``recompiles``, ``compile_s`` and ``graph_breaks`` for steps from ``first_step`` on.
+
+        Also sets ``ctx.compile_in_use`` once anything compiled since the probe started. Returns
+        nothing while compile is not in use, so the recompilation rules stay silent.
+        """
+        now = dynamo_counts()
+        if now is None:
+            return {}
+        if now.frames > self._base.frames:
+            ctx.compile_in_use = True
+        if not ctx.compile_in_use:
+            return {}
+        since, before = next(((s, c) for s, c in reversed(self._marks) if s < first_step),
+                             self._marks[0] if self._marks else (0, self._base))
+        return {  # max(0, ...): torch._dynamo.reset() may have cleared the counters
+            "recompiles": max(0, now.frames - before.frames),
+            "compile_s": max(0.0, now.compile_s - before.compile_s),
+            "compile_since_step": since,
+            "graph_breaks": max(0, now.graph_breaks - self._base.graph_breaks),
+        }
+
+
+def autocast_active(device_type: str = "cuda") -> bool:
+    """Whether autocast is on for ``device_type`` at this point of the program."""
+    try:
+        return bool(torch.is_autocast_enabled(device_type))
+    except TypeError:  # older torch: no device argument, CUDA autocast only
+        return bool(torch.is_autocast_enabled())

@@ -20,8 +20,15 @@ class StepRecord:
     """One measured step. Slotted and positional: it is built once per step on the hot path."""
 
     __slots__ = (
-        "index", "step_s", "phases", "samples", "rss_bytes", "gc_pause_s", "gc_collections",
-        "t_end", "cuda",
+        "cuda",
+        "gc_collections",
+        "gc_pause_s",
+        "index",
+        "phases",
+        "rss_bytes",
+        "samples",
+        "step_s",
+        "t_end",
     )
 
     def __init__(
@@ -68,6 +75,7 @@ class WindowStats:
     samples_per_s: float | None = None
     host_rss_bytes: float | None = None
     host_rss_slope_bytes_per_step: float | None = None
+    host_rss_r2: float | None = None  # how well a straight line fits RSS over the steps (0..1)
     gc_pause_s: float = 0.0
     gc_collections_per_step: float = 0.0
     device_step_s: float | None = None
@@ -78,8 +86,17 @@ class WindowStats:
     cuda_total_bytes: float | None = None
     cuda_allocated_slope_bytes_per_step: float | None = None
     cuda_alloc_retries: int | None = None
+    # torch.compile (None when compile is not in use): frames compiled and seconds spent compiling
+    # after step `compile_since_step` (the last counter snapshot before this window, so possibly a
+    # few steps before `first_step`), and graph breaks traced since the monitor started.
     recompiles: int | None = None
+    compile_s: float | None = None
+    compile_since_step: int | None = None
     graph_breaks: int | None = None
+    # Wall time and index of every retained step (the ring buffer, beyond this window), oldest
+    # first: the longer horizon periodic-spike detection needs. Empty when not collected.
+    recent_step_times_s: tuple[float, ...] = ()
+    recent_step_indices: tuple[int, ...] = ()
     # Figures from other sources joined into the window (trace captures, cross-rank gathers),
     # keyed by the names in EXTRA_KEYS.
     extra: dict[str, float] = field(default_factory=dict)
@@ -131,7 +148,21 @@ def slope(xs: Sequence[float], ys: Sequence[float]) -> float | None:
     var = sum((x - mx) ** 2 for x in xs)
     if var == 0:
         return None
-    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var
+
+
+def r_squared(xs: Sequence[float], ys: Sequence[float]) -> float | None:
+    """Coefficient of determination of the least-squares line; ``None`` when undefined."""
+    n = len(xs)
+    if n < 3:
+        return None
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    syy = sum((y - my) ** 2 for y in ys)
+    if sxx == 0 or syy == 0:
+        return None
+    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True))
+    return sxy * sxy / (sxx * syy)
 
 
 def summarize(records: Sequence[StepRecord], **extra_fields: object) -> WindowStats:
@@ -165,9 +196,9 @@ def summarize(records: Sequence[StepRecord], **extra_fields: object) -> WindowSt
     }
     if rss:
         fields["host_rss_bytes"] = float(rss[-1].rss_bytes)
-        fields["host_rss_slope_bytes_per_step"] = slope(
-            [float(r.index) for r in rss], [float(r.rss_bytes) for r in rss]
-        )
+        xs, ys = [float(r.index) for r in rss], [float(r.rss_bytes) for r in rss]
+        fields["host_rss_slope_bytes_per_step"] = slope(xs, ys)
+        fields["host_rss_r2"] = r_squared(xs, ys)
     if cuda:
         last = cuda[-1].cuda or {}
         fields["cuda_allocated_bytes"] = last.get("allocated_bytes")
@@ -176,7 +207,8 @@ def summarize(records: Sequence[StepRecord], **extra_fields: object) -> WindowSt
             (r.cuda or {}).get("peak_allocated_bytes", 0.0) for r in cuda
         )
         fields["cuda_allocated_slope_bytes_per_step"] = slope(
-            [float(r.index) for r in cuda], [(r.cuda or {}).get("allocated_bytes", 0.0) for r in cuda]
+            [float(r.index) for r in cuda],
+            [(r.cuda or {}).get("allocated_bytes", 0.0) for r in cuda],
         )
     fields.update(extra_fields)
     return WindowStats(**fields)  # type: ignore[arg-type]

@@ -9,12 +9,12 @@ import perfcallback
 
 
 def test_all_is_pinned() -> None:
-    assert perfcallback.__all__ == [
-        "__version__",
+    assert perfcallback.__all__ == [  # in ruff's (RUF022) isort-style order
         "PerfCallback",
         "PerfMonitor",
         "Recommendation",
         "Report",
+        "__version__",
     ]
     for name in perfcallback.__all__:
         if name != "PerfCallback":

@@ -39,7 +39,20 @@ class Rule:
 
 _REGISTRY: dict[str, Rule] = {}
 # One module per category; imported on first evaluate() so `import perfcallback` stays light.
-_BUILTIN_MODULES: tuple[str, ...] = ()
+_BUILTIN_MODULES: tuple[str, ...] = (
+    "dataloader",
+    "host_sync",
+    "launch_bound",
+    "precision",
+    "memory",
+    "communication",
+    "straggler",
+    "h2d_copy",
+    "optimizer",
+    "step_variance",
+    "gc",
+    "recompilation",
+)
 
 
 def rule(rule_id: str, *, category: str) -> Callable[[RuleFn], RuleFn]:
@@ -67,6 +80,21 @@ def registered_rules() -> dict[str, Rule]:
     for module in _BUILTIN_MODULES:
         importlib.import_module(f"perfcallback.rules.{module}")
     return dict(_REGISTRY)
+
+
+def check_disabled(names: Iterable[str]) -> None:
+    """Reject names that are neither a registered rule id nor a category.
+
+    Raises:
+        ValueError: a name matches no rule and no category (a typo would silently do nothing).
+    """
+    rules = registered_rules()
+    for name in names:
+        if name not in rules and name not in CATEGORIES:
+            raise ValueError(
+                f"disabled_rules: {name!r} is neither a rule id nor a category; categories are "
+                f"{', '.join(CATEGORIES)} and rule ids are listed in docs/rules.md"
+            )
 
 
 def evaluate(

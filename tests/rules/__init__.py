@@ -1,0 +1,1 @@
+"""Unit tests of the recommendation rules (a package, so basenames may repeat elsewhere)."""
