@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # Dev/CI pin: a CPU build of torch that installs from local disk. Users bring their own torch>=2.4.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: demo test lint typecheck bench clean
+.PHONY: demo demo-lightning test lint bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -15,7 +15,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q "$(TORCH_PIN)"
-	$(BIN)/pip install -q -e '.[dev,lightning,tensorboard,nvml]' "$(TORCH_PIN)"
+	$(BIN)/pip install -q -e '.[dev,lightning,tensorboard,nvml,trace]' "$(TORCH_PIN)"
 	touch $@
 
 demo: $(VENV)/.installed
@@ -29,6 +29,11 @@ lint: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/python benchmarks/lightning_overhead.py
+	$(BIN)/python benchmarks/analyze_speed.py
+
+demo-lightning: $(VENV)/.installed
+	$(BIN)/python examples/lightning_example.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info runs

@@ -1,0 +1,117 @@
+"""Trace analysis speed and peak memory: perfcallback against HolisticTraceAnalysis, interleaved.
+
+Each measurement runs in a fresh child process (imports done before the clock starts), so neither
+tool inherits the other's caches or heap. Runs alternate perfcallback, HTA, perfcallback, HTA...
+on each trace. Time covers loading the trace and computing the temporal breakdown and the
+comm/comp overlap (perfcallback computes all its figures in that time). Peak memory is the rise of
+the child's peak RSS over its RSS after imports (the peak is reset first via /proc/self/clear_refs).
+
+Usage::
+
+    python benchmarks/analyze_speed.py                  # the larger shared traces, 3 rounds
+    python benchmarks/analyze_speed.py --repeat 5 DIR [DIR ...]
+
+Target (issue #6): at least 5x faster than HTA with no more peak memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "traces"
+DEFAULT_SETS = (
+    "hta/df_index_resolver", "hta/trace_diff_control", "hta/trace_diff_test",
+    "hta/ns_resolution_trace", "hta/nccl_parser_config", "tracelens/h100_owlv2",
+    "tracelens/h100_timesformer", "tracelens/b200_eager",
+)
+
+
+def _rss_kib(field: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def _child(tool: str, path: str) -> None:
+    """Run one tool once on ``path``; print its time and peak-memory rise as JSON."""
+    warnings.filterwarnings("ignore")
+    if tool == "hta":
+        from hta.trace_analysis import TraceAnalysis
+
+        logging.disable(logging.CRITICAL)
+
+        def work() -> None:
+            ta = TraceAnalysis(trace_dir=path)
+            ta.get_temporal_breakdown(visualize=False)
+            ta.get_comm_comp_overlap(visualize=False)
+    else:
+        from perfcallback.trace import analyze_path
+
+        def work() -> None:
+            analyze_path(path)
+
+    try:  # reset the peak-RSS mark so import-time peaks do not hide the work's peak
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        pass
+    base = _rss_kib("VmRSS")
+    t0 = time.perf_counter()
+    work()
+    elapsed = time.perf_counter() - t0
+    print(json.dumps({"s": elapsed, "peak_mib": (_rss_kib("VmHWM") - base) / 1024}))
+
+
+def _measure(tool: str, path: Path) -> dict[str, float]:
+    out = subprocess.run([sys.executable, __file__, "--child", tool, str(path)],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sets", nargs="*", help="trace files or folders (default: shared traces)")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds per trace (median kept)")
+    parser.add_argument("--child", nargs=2, metavar=("TOOL", "PATH"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        _child(*args.child)
+        return
+    paths = [Path(p) for p in args.sets] or [SHARED / s for s in DEFAULT_SETS]
+    print(f"{'trace':<34}{'MB':>6}{'ours s':>9}{'HTA s':>8}{'speed-up':>10}"
+          f"{'ours MiB':>10}{'HTA MiB':>9}{'mem ratio':>11}")
+    speedups, mem_ratios = [], []
+    for path in paths:
+        runs: dict[str, list[dict[str, float]]] = {"ours": [], "hta": []}
+        for _ in range(args.repeat):  # interleaved: ours, HTA, ours, HTA, ...
+            runs["ours"].append(_measure("ours", path))
+            runs["hta"].append(_measure("hta", path))
+        t_ours = statistics.median(r["s"] for r in runs["ours"])
+        t_hta = statistics.median(r["s"] for r in runs["hta"])
+        m_ours = statistics.median(r["peak_mib"] for r in runs["ours"])
+        m_hta = statistics.median(r["peak_mib"] for r in runs["hta"])
+        size = sum(f.stat().st_size for f in ([path] if path.is_file() else path.iterdir()))
+        speedups.append(t_hta / t_ours)
+        mem_ratios.append(m_ours / m_hta if m_hta > 0 else float("nan"))
+        name = os.path.relpath(path, SHARED) if path.is_relative_to(SHARED) else str(path)
+        print(f"{name[:33]:<34}{size / 2**20:>6.2f}{t_ours:>9.3f}{t_hta:>8.3f}"
+              f"{t_hta / t_ours:>9.1f}x{m_ours:>10.1f}{m_hta:>9.1f}{mem_ratios[-1]:>10.2f}x")
+    print(f"speed-up (HTA time / ours): min {min(speedups):.1f}x, "
+          f"median {statistics.median(speedups):.1f}x; "
+          f"peak memory (ours / HTA): max {max(mem_ratios):.2f}x, "
+          f"median {statistics.median(mem_ratios):.2f}x")
+
+
+if __name__ == "__main__":
+    main()

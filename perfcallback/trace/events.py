@@ -1,0 +1,210 @@
+"""Reduce one rank's decoded events to the compact columns the analysis needs (:class:`RankTrace`).
+
+Design notes:
+- One pass, constant work per event, typed ``array`` columns (8 bytes a value) for the GPU side,
+  so a multi-GB trace costs memory proportional to its GPU activity, not its size on disk.
+- What counts as GPU activity follows HolisticTraceAnalysis (HTA 0.5.0, ``trace_parser`` and
+  ``breakdown_analysis``): events with a duration and a category, other than ``Trace``, whose
+  ``args.stream`` is a stream number (not -1), of the kernel / memcpy / memset categories, and
+  ``cuda_sync`` events on a stream (HTA counts them too; they classify as non-compute). One
+  deliberate difference: HTA also counts any CPU event that carries a ``stream`` argument (the
+  Triton launcher ``cpu_op`` does), which we leave out because it is host time.
+- CPU events are reduced to what later figures need: runtime calls by correlation id (launch
+  delays, the kernel-to-step mapping), ``ProfilerStep#N`` spans, DataLoader ``__next__`` spans,
+  blocking device synchronisation calls and optimizer steps.
+"""
+
+from __future__ import annotations
+
+import re
+from array import array
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from perfcallback.trace.parse import Event
+
+GPU_KIND_KERNEL, GPU_KIND_MEMCPY, GPU_KIND_MEMSET, GPU_KIND_SYNC = range(4)
+_GPU_CATEGORIES: dict[str, int] = {  # Kineto names, old ("Kernel") and new ("kernel") schema
+    "kernel": GPU_KIND_KERNEL,
+    "Kernel": GPU_KIND_KERNEL,
+    "mtia_ccp_events": GPU_KIND_KERNEL,
+    "gpu_memcpy": GPU_KIND_MEMCPY,
+    "Memcpy": GPU_KIND_MEMCPY,
+    "gpu_memset": GPU_KIND_MEMSET,
+    "Memset": GPU_KIND_MEMSET,
+    "cuda_sync": GPU_KIND_SYNC,
+}
+# Host calls that block until the device catches up (CUDA and ROCm spellings).
+SYNC_CALLS: frozenset[str] = frozenset({
+    "cudaDeviceSynchronize", "cudaStreamSynchronize", "cudaEventSynchronize", "cudaMemcpy",
+    "hipDeviceSynchronize", "hipStreamSynchronize", "hipEventSynchronize", "hipMemcpy",
+})
+_STEP_RE = re.compile(r"ProfilerStep\s*#\s*(\d+)")
+_NO_STREAM = -1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Step:
+    """One ``ProfilerStep#N`` span on the host, in trace microseconds."""
+
+    number: int
+    ts: float
+    dur: float
+
+    @property
+    def end(self) -> float:
+        return self.ts + self.dur
+
+
+@dataclass(slots=True, kw_only=True)
+class RankTrace:
+    """One rank's trace, reduced to columns. Times are trace microseconds, as in the file.
+
+    GPU activity is stored column-wise (``gpu_*`` arrays, one entry per kernel, copy, set or
+    stream sync). Host runtime calls that carry a correlation id are kept in ``launch_*`` arrays,
+    indexed through ``launch_index``.
+    """
+
+    path: str
+    rank: int = 0
+    world_size: int | None = None
+    device_name: str | None = None
+    names: list[str] = field(default_factory=list)
+    gpu_ts: array[float] = field(default_factory=lambda: array("d"))
+    gpu_dur: array[float] = field(default_factory=lambda: array("d"))
+    gpu_stream: array[int] = field(default_factory=lambda: array("q"))
+    gpu_corr: array[int] = field(default_factory=lambda: array("q"))
+    gpu_name: array[int] = field(default_factory=lambda: array("l"))
+    gpu_kind: array[int] = field(default_factory=lambda: array("b"))
+    launch_index: dict[int, int] = field(default_factory=dict)
+    launch_ts: array[float] = field(default_factory=lambda: array("d"))
+    launch_dur: array[float] = field(default_factory=lambda: array("d"))
+    launch_name: array[int] = field(default_factory=lambda: array("l"))
+    steps: list[Step] = field(default_factory=list)
+    step_names: int = 0  # distinct names containing "ProfilerStep" (HTA's count)
+    last_step_start: float | None = None  # HTA's cutoff: latest start of such a host event
+    dataloader: list[tuple[float, float]] = field(default_factory=list)
+    dataloader_iter: str | None = None  # "SingleProcess" / "MultiProcessing" when seen
+    sync_calls: list[tuple[float, float]] = field(default_factory=list)
+    optimizer: list[tuple[float, float]] = field(default_factory=list)
+    cpu_events: int = 0
+    profiler_ranges: int = 0  # CUPTI range-profiler events (no kernel timings)
+    gpu_activities: int = 0  # kernels, copies and sets (stream syncs not counted)
+
+    @property
+    def has_gpu(self) -> bool:
+        return self.gpu_activities > 0
+
+    def launch_of(self, corr: int) -> int | None:
+        """Index into ``launch_*`` of the host call with correlation id ``corr``."""
+        return self.launch_index.get(corr)
+
+
+class _Builder:
+    """Accumulates one pass over the events into a :class:`RankTrace`."""
+
+    def __init__(self, path: str) -> None:
+        self.trace = RankTrace(path=path)
+        self._name_ids: dict[str, int] = {}
+        self._step_names: set[str] = set()
+        self._steps: dict[int, Step] = {}
+
+    def name_id(self, name: str) -> int:
+        idx = self._name_ids.get(name)
+        if idx is None:
+            idx = self._name_ids[name] = len(self.trace.names)
+            self.trace.names.append(name)
+        return idx
+
+    def add(self, events: Iterable[Event]) -> None:
+        """Consume a batch of events (hot loop: keep it flat)."""
+        t = self.trace
+        gpu_categories = _GPU_CATEGORIES
+        for e in events:
+            dur, cat, ts = e.dur, e.cat, e.ts
+            if dur is None or cat is None or ts is None or cat == "Trace":
+                continue
+            if cat == "python_function":  # the bulk of with_stack traces; never needed
+                continue
+            kind = gpu_categories.get(cat)
+            if kind is not None:
+                stream = _stream_of(e)
+                if stream != _NO_STREAM:
+                    corr = e.args.correlation if e.args is not None else None
+                    t.gpu_ts.append(ts)
+                    t.gpu_dur.append(dur)
+                    t.gpu_stream.append(stream)
+                    t.gpu_corr.append(corr if corr is not None else -1)
+                    t.gpu_name.append(self.name_id(e.name))
+                    t.gpu_kind.append(kind)
+                    continue
+                if kind == GPU_KIND_SYNC:  # device-wide Event/Context Sync: neither side
+                    continue
+            self._host(e, cat, ts, dur)
+
+    def _host(self, e: Event, cat: str, ts: float, dur: float) -> None:
+        t = self.trace
+        t.cpu_events += 1
+        args = e.args
+        if args is not None:
+            corr = args.correlation
+            if corr is not None and corr not in t.launch_index:
+                t.launch_index[corr] = len(t.launch_ts)
+                t.launch_ts.append(ts)
+                t.launch_dur.append(dur)
+                t.launch_name.append(self.name_id(e.name))
+        name = e.name
+        if "ProfilerStep" in name:
+            self._step(name, cat, ts, dur)
+        elif "DataLoader" in name and name.endswith("__next__"):
+            t.dataloader.append((ts, ts + dur))
+            if t.dataloader_iter is None:
+                multi = "SingleProcess" not in name
+                t.dataloader_iter = "MultiProcessing" if multi else "SingleProcess"
+        elif name in SYNC_CALLS:
+            t.sync_calls.append((ts, ts + dur))
+        elif name.startswith("Optimizer.step#"):
+            t.optimizer.append((ts, ts + dur))
+        elif cat == "cuda_profiler_range":
+            t.profiler_ranges += 1
+
+    def _step(self, name: str, cat: str, ts: float, dur: float) -> None:
+        t = self.trace
+        self._step_names.add(name)
+        t.last_step_start = ts if t.last_step_start is None else max(t.last_step_start, ts)
+        match = _STEP_RE.search(name)
+        if match is None or cat == "gpu_user_annotation":
+            return
+        number = int(match.group(1))
+        old = self._steps.get(number)
+        if old is None or dur > old.dur:  # the same step seen on two threads: keep the longer
+            self._steps[number] = Step(number=number, ts=ts, dur=dur)
+
+    def finish(self) -> RankTrace:
+        t = self.trace
+        t.steps = sorted(self._steps.values(), key=lambda s: s.ts)
+        t.step_names = len(self._step_names)
+        t.gpu_activities = sum(1 for kind in t.gpu_kind if kind != GPU_KIND_SYNC)
+        return t
+
+
+def _stream_of(e: Event) -> int:
+    """``args.stream`` as an int; -1 when absent or not a number (as HTA normalises it)."""
+    stream = e.args.stream if e.args is not None else None
+    if stream is None:
+        return _NO_STREAM
+    if isinstance(stream, int):
+        return stream
+    try:
+        return int(stream)
+    except ValueError:
+        return _NO_STREAM
+
+
+def build_rank_trace(path: str, batches: Iterable[Iterable[Event]]) -> RankTrace:
+    """Reduce event batches (from :func:`perfcallback.trace.parse.iter_trace`) to a RankTrace."""
+    builder = _Builder(path)
+    for batch in batches:
+        builder.add(batch)
+        del batch  # NOTE: free this batch before the next one is decoded
+    return builder.finish()
