@@ -139,30 +139,27 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
 
 
-def slope(xs: Sequence[float], ys: Sequence[float]) -> float | None:
-    """Least-squares slope of ``ys`` over ``xs``; ``None`` with fewer than 3 points."""
+def linear_fit(xs: Sequence[float], ys: Sequence[float]) -> tuple[float | None, float | None]:
+    """Least-squares ``(slope, r_squared)`` of ``ys`` over ``xs``; ``None`` where undefined.
+
+    Fewer than 3 points give ``(None, None)``; constant ``xs`` give no slope; constant ``ys`` give
+    slope 0 and no r-squared.
+    """
     n = len(xs)
     if n < 3:
-        return None
-    mx, my = sum(xs) / n, sum(ys) / n
-    var = sum((x - mx) ** 2 for x in xs)
-    if var == 0:
-        return None
-    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var
-
-
-def r_squared(xs: Sequence[float], ys: Sequence[float]) -> float | None:
-    """Coefficient of determination of the least-squares line; ``None`` when undefined."""
-    n = len(xs)
-    if n < 3:
-        return None
+        return None, None
     mx, my = sum(xs) / n, sum(ys) / n
     sxx = sum((x - mx) ** 2 for x in xs)
+    if sxx == 0:
+        return None, None
     syy = sum((y - my) ** 2 for y in ys)
-    if sxx == 0 or syy == 0:
-        return None
     sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True))
-    return sxy * sxy / (sxx * syy)
+    return sxy / sxx, (sxy * sxy / (sxx * syy) if syy else None)
+
+
+def slope(xs: Sequence[float], ys: Sequence[float]) -> float | None:
+    """Least-squares slope of ``ys`` over ``xs``; ``None`` with fewer than 3 points."""
+    return linear_fit(xs, ys)[0]
 
 
 def summarize(records: Sequence[StepRecord], **extra_fields: object) -> WindowStats:
@@ -197,8 +194,7 @@ def summarize(records: Sequence[StepRecord], **extra_fields: object) -> WindowSt
     if rss:
         fields["host_rss_bytes"] = float(rss[-1].rss_bytes)
         xs, ys = [float(r.index) for r in rss], [float(r.rss_bytes) for r in rss]
-        fields["host_rss_slope_bytes_per_step"] = slope(xs, ys)
-        fields["host_rss_r2"] = r_squared(xs, ys)
+        fields["host_rss_slope_bytes_per_step"], fields["host_rss_r2"] = linear_fit(xs, ys)
     if cuda:
         last = cuda[-1].cuda or {}
         fields["cuda_allocated_bytes"] = last.get("allocated_bytes")

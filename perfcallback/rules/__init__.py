@@ -39,20 +39,7 @@ class Rule:
 
 _REGISTRY: dict[str, Rule] = {}
 # One module per category; imported on first evaluate() so `import perfcallback` stays light.
-_BUILTIN_MODULES: tuple[str, ...] = (
-    "dataloader",
-    "host_sync",
-    "launch_bound",
-    "precision",
-    "memory",
-    "communication",
-    "straggler",
-    "h2d_copy",
-    "optimizer",
-    "step_variance",
-    "gc",
-    "recompilation",
-)
+_BUILTIN_MODULES: tuple[str, ...] = CATEGORIES
 
 
 def rule(rule_id: str, *, category: str) -> Callable[[RuleFn], RuleFn]:
