@@ -17,11 +17,19 @@ from typing import Any, TypeVar
 
 import torch
 
-from perfcallback.context import RunContext, loader_facts, optimizer_facts
+from perfcallback.context import (
+    RunContext,
+    is_compiled,
+    loader_facts,
+    optimizer_facts,
+    param_dtype,
+)
 from perfcallback.hooks import PhaseHooks
+from perfcallback.profiling import ProfileOptions, profiler_for
 from perfcallback.recorder import StepRecorder
 from perfcallback.report import Recommendation, Report
 from perfcallback.sinks import CallbackSink, LoggingSink, Sink
+from perfcallback.sinks.tensorboard import TensorBoardSink, tensorboard_sink_or_warn
 
 T = TypeVar("T")
 
@@ -71,6 +79,13 @@ class PerfMonitor:
         thresholds: Overrides of rule thresholds by name.
         log_recommendations: Emit findings on the ``perfcallback`` logger as they appear.
         sinks: Extra sinks.
+        tensorboard: Write ``perf/...`` scalars and the recommendations table to ``logdir``
+            (:class:`~perfcallback.sinks.tensorboard.TensorBoardSink`). ``None``: when a logdir is
+            given, with a warning naming the ``tensorboard`` extra if it is missing.
+        profile: ``torch.profiler`` trace capture into ``logdir`` (``True``, ``False`` or a
+            :class:`~perfcallback.profiling.ProfileOptions`). ``None``: the default options (one
+            early capture, plus captures triggered by a slowdown) when a logdir is given. Profiled
+            steps are left out of the figures.
         recorder_kwargs: Passed through to :class:`StepRecorder` (``buffer_steps``, ``clock``, ...).
 
     Example::
@@ -103,6 +118,8 @@ class PerfMonitor:
         thresholds: Mapping[str, float] | None = None,
         log_recommendations: bool = True,
         sinks: Sequence[Sink] = (),
+        tensorboard: bool | None = None,
+        profile: bool | ProfileOptions | None = None,
         **recorder_kwargs: Any,
     ) -> None:
         if model is not None and not isinstance(model, torch.nn.Module):
@@ -120,9 +137,15 @@ class PerfMonitor:
             all_sinks.append(LoggingSink())
         if on_recommendation is not None:
             all_sinks.append(CallbackSink(on_recommendation))
+        tb_sink = _tensorboard_sink(self.logdir, tensorboard)
+        if tb_sink is not None:
+            all_sinks.append(tb_sink)
         context = RunContext()
         if optimizer is not None:
             context.optimizer = optimizer_facts(optimizer)
+        if model is not None:  # facts the precision and recompilation rules quote
+            context.param_dtype = param_dtype(model)
+            context.compile_in_use = is_compiled(model)
         self.recorder = StepRecorder(
             warmup_steps=warmup_steps,
             window_steps=window_steps,
@@ -132,6 +155,13 @@ class PerfMonitor:
             disabled_rules=disabled_rules,
             **recorder_kwargs,
         )
+        profiler = profiler_for(
+            self.logdir, profile, warmup_steps=warmup_steps, failopen=self.recorder.failopen
+        )
+        if profiler is not None:
+            self.recorder.attach_profiler(profiler)
+            if tb_sink is not None:
+                profiler.on_trace_ready.append(tb_sink.note_capture)
         self._hooks: PhaseHooks | None = None
         self._entered = False
         self._exited = False
@@ -225,6 +255,16 @@ class PerfMonitor:
         assert self.logdir is not None
         self.logdir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.logdir / "perf_report.json", self.report().to_dict())
+
+
+def _tensorboard_sink(logdir: Path | None, wanted: bool | None) -> TensorBoardSink | None:
+    """The ``tensorboard=`` argument as a sink (see :class:`PerfMonitor`)."""
+    if wanted and logdir is None:
+        raise ValueError("tensorboard=True needs a logdir to write to; pass logdir=...")
+    if logdir is None or wanted is False:
+        return None
+    # stacklevel 3 (here, __init__, user): the warning points at the user's PerfMonitor(...) line
+    return TensorBoardSink(logdir) if wanted else tensorboard_sink_or_warn(logdir, stacklevel=3)
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

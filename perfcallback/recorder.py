@@ -12,6 +12,8 @@ Design notes:
   to the step exactly.
 - A step's wall time runs from the start of its batch fetch (or from ``begin_step`` when nothing was
   fetched) to ``end_step``. Time between steps outside any fetch is not part of a step.
+- Validation (``begin_validation``/``end_validation``) is accounted apart; when it runs inside a
+  step (mid gradient accumulation), the step's clocks skip it, so it never counts as step time.
 - The hot path is a few ``perf_counter`` calls, list stores and one small object per step. The ring
   buffer has a fixed size; rules, summaries and sinks run once per window.
 """
@@ -22,20 +24,22 @@ import gc
 import logging
 from collections import deque
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from perfcallback.clock import Clock, CudaEventTimer, host_clock
-from perfcallback.context import RunContext
+from perfcallback.context import CompileProbe, RunContext, autocast_active
 from perfcallback.failopen import FailOpen
 from perfcallback.findings import FindingTracker
 from perfcallback.memory import HostRSS, cuda_memory_snapshot, cuda_total_bytes
 from perfcallback.report import Report, Recommendation, sort_recommendations
-from perfcallback.rules import evaluate
+from perfcallback.rules import check_disabled, evaluate
+from perfcallback.rules.thresholds import validate_overrides
 from perfcallback.sinks import Sink
 from perfcallback.stats import (
     DATA,
+    FORWARD,
     OTHER,
     PHASE_NAMES,
     StepRecord,
@@ -45,10 +49,14 @@ from perfcallback.stats import (
     summarize,
 )
 
+if TYPE_CHECKING:
+    from perfcallback.profiling import TraceProfiler
+
 logger = logging.getLogger("perfcallback")
 
 _N_PHASES = len(PHASE_NAMES)
 _CUDA_MEMORY_EVERY = 5  # steps between allocator snapshots (memory_stats() costs tens of us)
+_STATE_VERSION = 1  # bump when state_dict() changes shape
 
 
 class StepRecorder:
@@ -99,8 +107,11 @@ class StepRecorder:
         self.clock = clock
         self.context = context or RunContext()
         self.thresholds = dict(thresholds or {})
+        validate_overrides(self.thresholds)
         self.disabled_rules = tuple(disabled_rules)
+        check_disabled(self.disabled_rules)
         self.sinks: list[Sink] = list(sinks)
+        self.profiler: TraceProfiler | None = None  # see attach_profiler()
         self.failopen = FailOpen()
         self._tracker = FindingTracker(fire_after=fire_after, clear_after=clear_after)
         self._ring: deque[StepRecord] = deque(maxlen=buffer_steps)
@@ -109,6 +120,14 @@ class StepRecorder:
         self._cuda = CudaEventTimer(_N_PHASES) if use_cuda else None
         if use_cuda:
             self.context.device_type = "cuda"
+            self.context.cuda_capability = self.failopen.guard(
+                "cuda_capability", torch.cuda.get_device_capability
+            )()
+        # torch.compile counters, read once per window; autocast sampled in one forward per window
+        self._compile = CompileProbe(max_marks=buffer_steps // window_steps + 2)
+        if warmup_steps == 0:
+            self.failopen.guard("compile_counters", self._compile.mark)(0)
+        self._sample_autocast = use_cuda
         self._reset_totals()
         # current step
         self._in_step = False
@@ -128,6 +147,11 @@ class StepRecorder:
         self._gc_installed = False
         self._closed = False
         self.steps_seen = 0  # steps ended, warm-up included
+        self._warmup_end = warmup_steps  # steps up to this index are warm-up (moves on resume)
+        self._val_t0: float | None = None
+        self._validation_s = 0.0
+        self._validation_runs = 0
+        self.profiled_steps = 0  # steps run under the profiler, left out of the figures
 
     def _reset_totals(self) -> None:
         self._totals = [0.0] * _N_PHASES
@@ -142,6 +166,12 @@ class StepRecorder:
         self._cuda_retries_at_window = 0.0
 
     # ----------------------------------------------------------------- lifecycle
+    def attach_profiler(self, profiler: TraceProfiler) -> None:
+        """Drive ``profiler`` from :meth:`end_step`; the steps it profiles are left out."""
+        self.profiler = profiler
+        # Guarded once here, not per step: an internal error switches profiling off.
+        self._profiler_step = self.failopen.guard("profiler", profiler.on_step_end)
+
     def install_gc_probe(self) -> None:
         """Start timing garbage collections (``gc.callbacks``); undone by :meth:`close`."""
         if not self._gc_installed:
@@ -159,6 +189,9 @@ class StepRecorder:
         if self._cuda is not None:
             self.failopen.guard("cuda_timer", self._apply_device)(self._cuda.drain())
         self._rss.close()
+        if self.profiler is not None:  # before the sinks: a last capture may still be written
+            # Its own name: close() must run (join the export thread) even after a tripped capture.
+            self.failopen.guard("profiler.close", self.profiler.close)()
         for i, sink in enumerate(self.sinks):
             self.failopen.guard(f"sink[{i}]:{type(sink).__name__}", sink.close)()
 
@@ -211,6 +244,9 @@ class StepRecorder:
         self._t_mark = t
         if self._cuda is not None:
             self._cuda.mark(phase)
+            if self._sample_autocast and phase == FORWARD:  # once per window, CUDA only
+                self._sample_autocast = False
+                self.context.autocast_seen = autocast_active("cuda")
 
     def phase_end(self, phase: int) -> None:
         """Leave ``phase``; the phase it interrupted resumes."""
@@ -239,9 +275,20 @@ class StepRecorder:
         self._pending_data_s = 0.0
         self._pending_samples = self._gc_count = 0
         self._gc_pause_s = 0.0
+        # A step run under the profiler is perturbed by it: left out of every figure.
+        profiled = self.profiler is not None and self.profiler.capturing
         if self._cuda is not None:
-            self._cuda.end(index)
-        if index <= self.warmup_steps:
+            if profiled:
+                self._cuda.discard()
+            else:
+                self._cuda.end(index)
+        if self.profiler is not None:  # after the end event: starting a capture costs host time
+            self._profiler_step(index, step_s)
+        if profiled:
+            self.profiled_steps += 1
+        if index <= self._warmup_end or profiled:
+            if index == self._warmup_end:  # compile counters as warm-up ends: later = recompiles
+                self.failopen.guard("compile_counters", self._compile.mark)(index)
             return
         cuda = None
         if self._cuda is not None and index % _CUDA_MEMORY_EVERY == 0:
@@ -276,6 +323,91 @@ class StepRecorder:
     def in_step(self) -> bool:
         return self._in_step
 
+    def add_samples(self, samples: int) -> None:
+        """Count ``samples`` towards the current step (for adapters whose fetch cannot see it)."""
+        self._pending_samples += samples
+
+    def discard_fetch(self) -> None:
+        """Forget fetch time gathered outside a step (the loop moved on without starting one)."""
+        if not self._in_step:
+            self._fetch_t0 = None
+            self._pending_data_s = 0.0
+            self._pending_samples = 0
+
+    # ----------------------------------------------------------------- validation
+    def begin_validation(self) -> None:
+        """A validation run starts. Its time is accounted apart and is never part of a step."""
+        if self._val_t0 is None:
+            self.discard_fetch()
+            self._val_t0 = self.clock()
+
+    def end_validation(self) -> None:
+        """The validation run ended; a step it interrupted resumes as if no time had passed."""
+        if self._val_t0 is None:
+            return
+        elapsed = self.clock() - self._val_t0
+        self._val_t0 = None
+        self._validation_s += elapsed
+        self._validation_runs += 1
+        if self._in_step:  # validation inside a step (mid-accumulation): shift the step's clocks
+            self._step_t0 += elapsed
+            self._t_mark += elapsed
+
+    def validation_summary(self) -> dict[str, float]:
+        """Validation during training: ``runs``, ``total_s`` and ``mean_s`` per run."""
+        runs = self._validation_runs
+        mean = self._validation_s / runs if runs else 0.0
+        return {"runs": float(runs), "total_s": self._validation_s, "mean_s": mean}
+
+    # ----------------------------------------------------------------- checkpointing
+    def state_dict(self) -> dict[str, Any]:
+        """Counters, totals and retained step records, in plain Python types (checkpoint-safe).
+
+        After :meth:`load_state_dict`, a resumed run continues its step numbering, totals and
+        windows. Not saved: an open step, pending CUDA events, and the findings' hysteresis (rules
+        re-evaluate on the restored windows).
+        """
+        return {
+            "version": _STATE_VERSION,
+            "steps_seen": self.steps_seen,
+            "measured": self._measured,
+            "totals": list(self._totals),
+            "total_step_s": self._total_step_s,
+            "total_samples": self._total_samples,
+            "gc_totals": dict(self._gc_totals),
+            "device": [list(self._dev_totals), self._dev_step_s, self._dev_steps],
+            "validation": [self._validation_s, self._validation_runs],
+            "ring": [
+                [r.index, r.step_s, list(r.phases), r.samples, r.rss_bytes, r.gc_pause_s,
+                 r.gc_collections, r.t_end, r.cuda]
+                for r in self._ring
+            ],
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from a :meth:`state_dict`. The next ``warmup_steps`` steps are warm-up again.
+
+        Raises:
+            ValueError: ``state`` is not a state dict of this version.
+        """
+        version = state.get("version") if isinstance(state, Mapping) else None
+        if version != _STATE_VERSION or len(state.get("totals", ())) != _N_PHASES:
+            raise ValueError(
+                f"not a StepRecorder state dict of version {_STATE_VERSION}: version={version!r}"
+            )
+        self.steps_seen = int(state["steps_seen"])
+        self._warmup_end = self.steps_seen + self.warmup_steps  # a new process is cold again
+        self._measured = int(state["measured"])
+        self._totals = [float(x) for x in state["totals"]]
+        self._total_step_s = float(state["total_step_s"])
+        self._total_samples = int(state["total_samples"])
+        self._gc_totals.update(state["gc_totals"])
+        dev_totals, self._dev_step_s, self._dev_steps = state["device"]
+        self._dev_totals = [float(x) for x in dev_totals]
+        self._validation_s, self._validation_runs = state["validation"]
+        self._ring.clear()
+        self._ring.extend(StepRecord(*row) for row in state["ring"])
+
     def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
             self._gc_t0 = self.clock()
@@ -289,7 +421,7 @@ class StepRecorder:
 
     def _apply_device(self, resolved: list[tuple[int, float, list[float]]]) -> None:
         for index, step_s, phases in resolved:
-            if index <= self.warmup_steps:
+            if index <= self._warmup_end:
                 continue
             self._dev_step_s += step_s
             self._dev_steps += 1
@@ -318,6 +450,13 @@ class StepRecorder:
             if snap is not None:
                 extra["cuda_alloc_retries"] = int(snap["alloc_retries"] - self._cuda_retries_at_window)
                 extra["cuda_total_bytes"] = self.failopen.guard("cuda_memory", cuda_total_bytes)()
+        compile_fields = self.failopen.guard("compile_counters", self._compile.fields)(
+            records[0].index, self.context
+        )
+        extra.update(compile_fields or {})
+        extra["recent_step_times_s"] = tuple(r.step_s for r in self._ring)
+        extra["recent_step_indices"] = tuple(r.index for r in self._ring)
+        self.context.float32_matmul_precision = torch.get_float32_matmul_precision()
         return summarize(records, **extra)
 
     def _process_window(self) -> None:
@@ -326,15 +465,18 @@ class StepRecorder:
             return
         if stats.cuda_alloc_retries is not None:
             self._cuda_retries_at_window += stats.cuda_alloc_retries
+        self.failopen.guard("compile_counters", self._compile.mark)(stats.last_step)
+        self._sample_autocast = self._cuda is not None
         recs = self._evaluate(stats)
         events = self._tracker.update(recs)
         for i, sink in enumerate(self.sinks):
             name = f"sink[{i}]:{type(sink).__name__}"
             if not self.failopen.is_on(name):
                 continue
-            self.failopen.guard(name, sink.on_window)(stats)
+            # Events first, so a sink that writes per window sees the findings of this window.
             for event, rec in events:
                 self.failopen.guard(name, sink.on_recommendation)(event, rec)
+            self.failopen.guard(name, sink.on_window)(stats)
 
     def _evaluate(self, stats: WindowStats) -> list[Recommendation]:
         if not self.failopen.is_on("rules"):
@@ -351,8 +493,8 @@ class StepRecorder:
     def report(self) -> Report:
         """Figures over every measured step so far, and the findings (active and resolved).
 
-        Rules are also evaluated on all retained steps, so a run shorter than the hysteresis
-        still gets its diagnosis.
+        Rules are also evaluated on the latest window (or on every step, for a run shorter than
+        one window), so a run shorter than the hysteresis still gets its diagnosis.
         """
         n = self._measured
         if n == 0:
@@ -376,7 +518,7 @@ class StepRecorder:
         if self._total_samples and self._total_step_s:
             throughput["samples_per_s"] = self._total_samples / self._total_step_s
         stats = self.window(len(self._ring))
-        recs = self._findings_now(stats)
+        recs = self._findings_now(self.window())
         active_ids = {r.rule for r in recs}
         return Report(
             steps=n,
@@ -390,13 +532,16 @@ class StepRecorder:
             recommendations=recs,
             resolved=[r for r in self._tracker.resolved() if r.rule not in active_ids],
             disabled=dict(self.failopen.disabled),
+            validation=self.validation_summary() if self._validation_runs else {},
+            profiled_steps=self.profiled_steps,
         )
 
-    def _findings_now(self, stats: WindowStats | None) -> list[Recommendation]:
+    def _findings_now(self, latest: WindowStats | None) -> list[Recommendation]:
+        """Active findings, plus what holds on the latest window even before its hysteresis."""
         active = {r.rule: r for r in self._tracker.active()}
-        if stats is not None:
-            for rec in self._evaluate(stats):
-                active[rec.rule] = rec  # whole-run evidence supersedes the last window's
+        if latest is not None:
+            for rec in self._evaluate(latest):
+                active[rec.rule] = rec  # the freshest evidence supersedes the stored one
         return sort_recommendations(list(active.values()))
 
     def _device_breakdown(self) -> dict[str, float] | None:

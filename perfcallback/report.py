@@ -105,6 +105,9 @@ class Report:
         recommendations: Active findings, most severe first.
         resolved: Findings that fired earlier in the run and no longer hold.
         disabled: Components switched off after an internal error (fail-open), with the reason.
+        validation: Validation run during training, timed apart from the steps: ``runs``,
+            ``total_s``, ``mean_s``; empty when none ran.
+        profiled_steps: Steps run under the profiler, left out of every figure above.
     """
 
     steps: int
@@ -118,6 +121,8 @@ class Report:
     recommendations: list[Recommendation] = field(default_factory=list)
     resolved: list[Recommendation] = field(default_factory=list)
     disabled: dict[str, str] = field(default_factory=dict)
+    validation: dict[str, float] = field(default_factory=dict)
+    profiled_steps: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (the content of ``perf_report.json``)."""
@@ -133,6 +138,8 @@ class Report:
             "recommendations": [r.to_dict() for r in self.recommendations],
             "resolved": [r.to_dict() for r in self.resolved],
             "disabled": dict(self.disabled),
+            "validation": _jsonable(self.validation),
+            "profiled_steps": self.profiled_steps,
         }
 
     def __str__(self) -> str:
@@ -180,6 +187,13 @@ class Report:
         if self.resolved:
             lines.append("resolved during the run:")
             lines.extend(f"  {r.one_line()}" for r in self.resolved)
+        if self.validation:
+            lines.append(
+                f"  validation (not in the steps): {self.validation.get('runs', 0):.0f} runs, "
+                f"{self.validation.get('mean_s', 0.0) * 1e3:.1f} ms each"
+            )
+        if self.profiled_steps:
+            lines.append(f"  {self.profiled_steps} profiled steps left out of the figures")
         for component, reason in self.disabled.items():
             lines.append(f"  (switched off after an internal error: {component}: {reason})")
         return "\n".join(lines)
