@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import operator
 from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -31,11 +32,9 @@ import torch
 from perfcallback.clock import Clock, CudaEventTimer, host_clock
 from perfcallback.context import CompileProbe, RunContext, autocast_active
 from perfcallback.failopen import FailOpen
-from perfcallback.findings import FindingTracker
 from perfcallback.memory import HostRSS, cuda_memory_snapshot, cuda_total_bytes
-from perfcallback.report import Report, Recommendation, sort_recommendations
-from perfcallback.rules import check_disabled, evaluate
-from perfcallback.rules.thresholds import validate_overrides
+from perfcallback.pipeline import WindowPipeline
+from perfcallback.report import Report
 from perfcallback.sinks import Sink
 from perfcallback.stats import (
     DATA,
@@ -48,6 +47,7 @@ from perfcallback.stats import (
     slope,
     summarize,
 )
+from perfcallback.totals import RunTotals
 
 if TYPE_CHECKING:
     from perfcallback.profiling import TraceProfiler
@@ -55,6 +55,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("perfcallback")
 
 _N_PHASES = len(PHASE_NAMES)
+_STEP_S, _INDEX = operator.attrgetter("step_s"), operator.attrgetter("index")
 _CUDA_MEMORY_EVERY = 5  # steps between allocator snapshots (memory_stats() costs tens of us)
 _STATE_VERSION = 1  # bump when state_dict() changes shape
 
@@ -106,14 +107,17 @@ class StepRecorder:
         self.window_steps = window_steps
         self.clock = clock
         self.context = context or RunContext()
-        self.thresholds = dict(thresholds or {})
-        validate_overrides(self.thresholds)
-        self.disabled_rules = tuple(disabled_rules)
-        check_disabled(self.disabled_rules)
-        self.sinks: list[Sink] = list(sinks)
         self.profiler: TraceProfiler | None = None  # see attach_profiler()
         self.failopen = FailOpen()
-        self._tracker = FindingTracker(fire_after=fire_after, clear_after=clear_after)
+        self.pipeline = WindowPipeline(
+            context=self.context,
+            failopen=self.failopen,
+            thresholds=thresholds,
+            disabled_rules=disabled_rules,
+            sinks=sinks,
+            fire_after=fire_after,
+            clear_after=clear_after,
+        )
         self._ring: deque[StepRecord] = deque(maxlen=buffer_steps)
         self._rss = HostRSS()
         use_cuda = torch.cuda.is_available() if cuda is None else cuda
@@ -128,7 +132,9 @@ class StepRecorder:
         if warmup_steps == 0:
             self.failopen.guard("compile_counters", self._compile.mark)(0)
         self._sample_autocast = use_cuda
-        self._reset_totals()
+        self.totals = RunTotals()
+        self._dev_window: list[tuple[float, list[float]]] = []
+        self._cuda_retries_at_window = 0.0
         # current step
         self._in_step = False
         self._acc = [0.0] * _N_PHASES
@@ -149,21 +155,7 @@ class StepRecorder:
         self.steps_seen = 0  # steps ended, warm-up included
         self._warmup_end = warmup_steps  # steps up to this index are warm-up (moves on resume)
         self._val_t0: float | None = None
-        self._validation_s = 0.0
-        self._validation_runs = 0
         self.profiled_steps = 0  # steps run under the profiler, left out of the figures
-
-    def _reset_totals(self) -> None:
-        self._totals = [0.0] * _N_PHASES
-        self._total_step_s = 0.0
-        self._total_samples = 0
-        self._measured = 0
-        self._gc_totals = {"pause_s": 0.0, "collections": 0, "gen0": 0, "gen1": 0, "gen2": 0}
-        self._dev_totals = [0.0] * _N_PHASES
-        self._dev_step_s = 0.0
-        self._dev_steps = 0
-        self._dev_window: list[tuple[float, list[float]]] = []
-        self._cuda_retries_at_window = 0.0
 
     # ----------------------------------------------------------------- lifecycle
     def attach_profiler(self, profiler: TraceProfiler) -> None:
@@ -192,8 +184,7 @@ class StepRecorder:
         if self.profiler is not None:  # before the sinks: a last capture may still be written
             # Its own name: close() must run (join the export thread) even after a tripped capture.
             self.failopen.guard("profiler.close", self.profiler.close)()
-        for i, sink in enumerate(self.sinks):
-            self.failopen.guard(f"sink[{i}]:{type(sink).__name__}", sink.close)()
+        self.pipeline.close()
 
     # ----------------------------------------------------------------- hot path
     def data_begin(self) -> None:
@@ -297,17 +288,10 @@ class StepRecorder:
         self._ring.append(
             StepRecord(index, step_s, acc.copy(), samples, rss, gc_pause, gc_count, t, cuda)
         )
-        totals = self._totals
-        for i in range(_N_PHASES):
-            totals[i] += acc[i]
-        self._total_step_s += step_s
-        self._total_samples += samples
-        self._measured += 1
-        self._gc_totals["pause_s"] += gc_pause
-        self._gc_totals["collections"] += gc_count
+        self.totals.add_step(acc, step_s, samples, gc_pause, gc_count)
         if self._cuda is not None:
             self.failopen.guard("cuda_timer", self._apply_device)(self._cuda.poll())
-        if self._measured % self.window_steps == 0:
+        if self.totals.steps % self.window_steps == 0:
             self.failopen.guard("window", self._process_window)()
 
     def abort_step(self) -> None:
@@ -322,6 +306,11 @@ class StepRecorder:
     @property
     def in_step(self) -> bool:
         return self._in_step
+
+    @property
+    def sinks(self) -> list[Sink]:
+        """The pipeline's sinks; append to add one."""
+        return self.pipeline.sinks
 
     def add_samples(self, samples: int) -> None:
         """Count ``samples`` towards the current step (for adapters whose fetch cannot see it)."""
@@ -347,17 +336,14 @@ class StepRecorder:
             return
         elapsed = self.clock() - self._val_t0
         self._val_t0 = None
-        self._validation_s += elapsed
-        self._validation_runs += 1
+        self.totals.add_validation(elapsed)
         if self._in_step:  # validation inside a step (mid-accumulation): shift the step's clocks
             self._step_t0 += elapsed
             self._t_mark += elapsed
 
     def validation_summary(self) -> dict[str, float]:
         """Validation during training: ``runs``, ``total_s`` and ``mean_s`` per run."""
-        runs = self._validation_runs
-        mean = self._validation_s / runs if runs else 0.0
-        return {"runs": float(runs), "total_s": self._validation_s, "mean_s": mean}
+        return self.totals.validation_summary()
 
     # ----------------------------------------------------------------- checkpointing
     def state_dict(self) -> dict[str, Any]:
@@ -370,16 +356,19 @@ class StepRecorder:
         return {
             "version": _STATE_VERSION,
             "steps_seen": self.steps_seen,
-            "measured": self._measured,
-            "totals": list(self._totals),
-            "total_step_s": self._total_step_s,
-            "total_samples": self._total_samples,
-            "gc_totals": dict(self._gc_totals),
-            "device": [list(self._dev_totals), self._dev_step_s, self._dev_steps],
-            "validation": [self._validation_s, self._validation_runs],
+            **self.totals.state_dict(),
             "ring": [
-                [r.index, r.step_s, list(r.phases), r.samples, r.rss_bytes, r.gc_pause_s,
-                 r.gc_collections, r.t_end, r.cuda]
+                [
+                    r.index,
+                    r.step_s,
+                    list(r.phases),
+                    r.samples,
+                    r.rss_bytes,
+                    r.gc_pause_s,
+                    r.gc_collections,
+                    r.t_end,
+                    r.cuda,
+                ]
                 for r in self._ring
             ],
         }
@@ -397,14 +386,7 @@ class StepRecorder:
             )
         self.steps_seen = int(state["steps_seen"])
         self._warmup_end = self.steps_seen + self.warmup_steps  # a new process is cold again
-        self._measured = int(state["measured"])
-        self._totals = [float(x) for x in state["totals"]]
-        self._total_step_s = float(state["total_step_s"])
-        self._total_samples = int(state["total_samples"])
-        self._gc_totals.update(state["gc_totals"])
-        dev_totals, self._dev_step_s, self._dev_steps = state["device"]
-        self._dev_totals = [float(x) for x in dev_totals]
-        self._validation_s, self._validation_runs = state["validation"]
+        self.totals.load_state_dict(state)
         self._ring.clear()
         self._ring.extend(StepRecord(*row) for row in state["ring"])
 
@@ -414,19 +396,13 @@ class StepRecorder:
             return
         self._gc_pause_s += self.clock() - self._gc_t0
         self._gc_count += 1
-        gen = info.get("generation", 0)
-        key = f"gen{gen}"
-        if key in self._gc_totals:
-            self._gc_totals[key] += 1
+        self.totals.add_gc_generation(info.get("generation", 0))
 
     def _apply_device(self, resolved: list[tuple[int, float, list[float]]]) -> None:
         for index, step_s, phases in resolved:
             if index <= self._warmup_end:
                 continue
-            self._dev_step_s += step_s
-            self._dev_steps += 1
-            for i, p in enumerate(phases):
-                self._dev_totals[i] += p
+            self.totals.add_device_step(step_s, phases)
             self._dev_window.append((step_s, phases))
             del self._dev_window[: -self.window_steps]
 
@@ -436,7 +412,8 @@ class StepRecorder:
         n = self.window_steps if steps is None else steps
         if not self._ring:
             return None
-        records = list(self._ring)[-n:]
+        ring = self._ring
+        records = [ring[i] for i in range(-min(n, len(ring)), 0)]  # deque ends index in O(1)
         extra: dict[str, Any] = {}
         if self._dev_window:
             k = len(self._dev_window)
@@ -448,14 +425,16 @@ class StepRecorder:
         if self._cuda is not None:
             snap = self.failopen.guard("cuda_memory", cuda_memory_snapshot)()
             if snap is not None:
-                extra["cuda_alloc_retries"] = int(snap["alloc_retries"] - self._cuda_retries_at_window)
+                extra["cuda_alloc_retries"] = int(
+                    snap["alloc_retries"] - self._cuda_retries_at_window
+                )
                 extra["cuda_total_bytes"] = self.failopen.guard("cuda_memory", cuda_total_bytes)()
         compile_fields = self.failopen.guard("compile_counters", self._compile.fields)(
             records[0].index, self.context
         )
         extra.update(compile_fields or {})
-        extra["recent_step_times_s"] = tuple(r.step_s for r in self._ring)
-        extra["recent_step_indices"] = tuple(r.index for r in self._ring)
+        extra["recent_step_times_s"] = tuple(map(_STEP_S, ring))
+        extra["recent_step_indices"] = tuple(map(_INDEX, ring))
         self.context.float32_matmul_precision = torch.get_float32_matmul_precision()
         return summarize(records, **extra)
 
@@ -467,27 +446,7 @@ class StepRecorder:
             self._cuda_retries_at_window += stats.cuda_alloc_retries
         self.failopen.guard("compile_counters", self._compile.mark)(stats.last_step)
         self._sample_autocast = self._cuda is not None
-        recs = self._evaluate(stats)
-        events = self._tracker.update(recs)
-        for i, sink in enumerate(self.sinks):
-            name = f"sink[{i}]:{type(sink).__name__}"
-            if not self.failopen.is_on(name):
-                continue
-            # Events first, so a sink that writes per window sees the findings of this window.
-            for event, rec in events:
-                self.failopen.guard(name, sink.on_recommendation)(event, rec)
-            self.failopen.guard(name, sink.on_window)(stats)
-
-    def _evaluate(self, stats: WindowStats) -> list[Recommendation]:
-        if not self.failopen.is_on("rules"):
-            return []
-        return evaluate(
-            stats,
-            self.context,
-            thresholds=self.thresholds,
-            disabled=self.disabled_rules,
-            on_error=lambda rule_id, exc: self.failopen.trip(f"rule:{rule_id}", exc),
-        )
+        self.pipeline.process(stats)
 
     # ----------------------------------------------------------------- report
     def report(self) -> Report:
@@ -496,17 +455,15 @@ class StepRecorder:
         Rules are also evaluated on the latest window (or on every step, for a run shorter than
         one window), so a run shorter than the hysteresis still gets its diagnosis.
         """
-        n = self._measured
-        if n == 0:
-            breakdown = dict.fromkeys((*PHASE_NAMES, "step"), 0.0)
+        totals = self.totals
+        if totals.steps == 0:
             return Report(
                 steps=0,
                 warmup_steps=self.warmup_steps,
-                breakdown=breakdown,
+                breakdown=totals.breakdown(),
                 disabled=dict(self.failopen.disabled),
+                profiled_steps=self.profiled_steps,
             )
-        breakdown = {name: self._totals[i] / n for i, name in enumerate(PHASE_NAMES)}
-        breakdown["step"] = self._total_step_s / n
         times = sorted(r.step_s for r in self._ring)
         percentiles = {
             "p50": percentile(times, 50),
@@ -514,43 +471,23 @@ class StepRecorder:
             "p99": percentile(times, 99),
             "max": times[-1],
         }
-        throughput = {"steps_per_s": n / self._total_step_s if self._total_step_s else 0.0}
-        if self._total_samples and self._total_step_s:
-            throughput["samples_per_s"] = self._total_samples / self._total_step_s
         stats = self.window(len(self._ring))
-        recs = self._findings_now(self.window())
-        active_ids = {r.rule for r in recs}
+        recs, resolved = self.pipeline.findings(self.window())
         return Report(
-            steps=n,
+            steps=totals.steps,
             warmup_steps=self.warmup_steps,
-            breakdown=breakdown,
-            device_breakdown=self._device_breakdown(),
+            breakdown=totals.breakdown(),
+            device_breakdown=totals.device_breakdown(),
             step_percentiles_s=percentiles,
-            throughput=throughput,
+            throughput=totals.throughput(),
             memory=self._memory_figures(stats),
-            gc=self._gc_figures(n),
+            gc=totals.gc_figures(),
             recommendations=recs,
-            resolved=[r for r in self._tracker.resolved() if r.rule not in active_ids],
+            resolved=resolved,
             disabled=dict(self.failopen.disabled),
-            validation=self.validation_summary() if self._validation_runs else {},
+            validation=totals.validation_summary() if totals.validation_runs else {},
             profiled_steps=self.profiled_steps,
         )
-
-    def _findings_now(self, latest: WindowStats | None) -> list[Recommendation]:
-        """Active findings, plus what holds on the latest window even before its hysteresis."""
-        active = {r.rule: r for r in self._tracker.active()}
-        if latest is not None:
-            for rec in self._evaluate(latest):
-                active[rec.rule] = rec  # the freshest evidence supersedes the stored one
-        return sort_recommendations(list(active.values()))
-
-    def _device_breakdown(self) -> dict[str, float] | None:
-        if not self._dev_steps:
-            return None
-        k = self._dev_steps
-        out = {name: self._dev_totals[i] / k for i, name in enumerate(PHASE_NAMES) if i != DATA}
-        out["step"] = self._dev_step_s / k
-        return out
 
     def _memory_figures(self, stats: WindowStats | None) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -563,22 +500,17 @@ class StepRecorder:
             trend = slope([float(r.index) for r in rss], [float(r.rss_bytes) for r in rss])
             if trend is not None:
                 out["host_rss_slope_bytes_per_step"] = trend
-        for name in ("cuda_allocated_bytes", "cuda_reserved_bytes", "cuda_peak_allocated_bytes",
-                     "cuda_allocated_slope_bytes_per_step"):
+        for name in (
+            "cuda_allocated_bytes",
+            "cuda_reserved_bytes",
+            "cuda_peak_allocated_bytes",
+            "cuda_allocated_slope_bytes_per_step",
+        ):
             value = getattr(stats, name)
             if value is not None:
                 out[name] = float(value)
         if stats.cuda_alloc_retries is not None:
-            out["cuda_alloc_retries"] = float(stats.cuda_alloc_retries + self._cuda_retries_at_window)
+            out["cuda_alloc_retries"] = float(
+                stats.cuda_alloc_retries + self._cuda_retries_at_window
+            )
         return out
-
-    def _gc_figures(self, n: int) -> dict[str, float]:
-        g = self._gc_totals
-        return {
-            "collections_per_step": g["collections"] / n,
-            "pause_s_per_step": g["pause_s"] / n,
-            "gen0_collections": float(g["gen0"]),
-            "gen1_collections": float(g["gen1"]),
-            "gen2_collections": float(g["gen2"]),
-        }
-

@@ -55,10 +55,21 @@ def find_spikes(
                   sum(excess[s] for s in members))
 
 
+# The retained-steps analysis (up to buffer_steps entries, a sort and a scan) is the costliest
+# part of a window; both rules below need it, so the last result is kept, keyed by identity.
+_last_recent: tuple[tuple[float, ...], Mapping[str, float], Spikes] | None = None
+
+
 def window_spikes(stats: WindowStats, th: Mapping[str, float], *, recent: bool) -> Spikes:
     """Spikes of the window's steps, or (``recent``) of every retained step when available."""
+    global _last_recent
     if recent and len(stats.recent_step_times_s) > len(stats.step_times_s):
-        return find_spikes(stats.recent_step_times_s, stats.recent_step_indices, th)
+        times = stats.recent_step_times_s
+        if _last_recent is not None and _last_recent[0] is times and _last_recent[1] is th:
+            return _last_recent[2]
+        spikes = find_spikes(times, stats.recent_step_indices, th)
+        _last_recent = (times, th, spikes)
+        return spikes
     indices = range(stats.first_step, stats.first_step + len(stats.step_times_s))
     return find_spikes(stats.step_times_s, indices, th)
 

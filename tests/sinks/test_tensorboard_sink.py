@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
 from perfcallback import PerfMonitor, Recommendation
+from perfcallback.rules import _REGISTRY, Finding, registered_rules, rule
 from perfcallback.sinks import tensorboard as tb_module
 from perfcallback.sinks.tensorboard import (
     TensorBoardSink,
@@ -88,27 +90,33 @@ def test_scalars_match_the_report(tmp_path: Path) -> None:
     assert texts(acc, "perf/recommendations/text_summary")[0][0] == window_ends[0]
 
 
-def planted_rule(slow_ms: float):
-    """A stand-in for the rules: a warning whenever a window's mean step exceeds ``slow_ms``."""
+@pytest.fixture
+def planted_rule() -> Iterator[list[str]]:
+    """A registered rule that warns whenever a window's mean step exceeds 15 ms.
 
-    def evaluate(stats, ctx, **kwargs):
-        if stats.step_s * 1e3 <= slow_ms:
-            return []
-        return [Recommendation(rule="step_variance.planted", category="step_variance",
-                               severity="warning", message="Steps are slow | fix it",
-                               evidence={"step_ms": stats.step_s * 1e3}, est_gain=0.5)]
+    Yields the ids of the built-in rules, to disable them so only the planted one can fire.
+    """
+    builtin = list(registered_rules())
 
-    return evaluate
+    @rule("step_variance.planted", category="step_variance")
+    def _planted(stats, ctx, th):
+        if stats.step_s * 1e3 <= 15.0:
+            return None
+        return Finding(severity="warning", message="Steps are slow | fix it",
+                       evidence={"step_ms": stats.step_s * 1e3}, est_gain=0.5)
+
+    yield builtin
+    del _REGISTRY["step_variance.planted"]
 
 
 def test_recommendations_table_and_severity_track_follow_the_findings(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, planted_rule: list[str]
 ) -> None:
-    monkeypatch.setattr("perfcallback.recorder.evaluate", planted_rule(slow_ms=15.0))
     clock = FakeClock()
     slow = range(3 * WINDOW, 6 * WINDOW)  # measured windows 4-6 are slow (index after warm-up)
     with PerfMonitor(logdir=tmp_path, warmup_steps=WARMUP, window_steps=WINDOW, profile=False,
-                     clock=clock, log_recommendations=False, fire_after=2, clear_after=2) as perf:
+                     clock=clock, log_recommendations=False, fire_after=2, clear_after=2,
+                     disabled_rules=planted_rule) as perf:
         fake_loop(perf, clock, WARMUP + 9 * WINDOW,
                   step_s=lambda i: 0.030 if i - WARMUP in slow else COMPUTE_S)
     acc = read_events(tmp_path)
