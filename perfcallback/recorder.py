@@ -50,7 +50,7 @@ from perfcallback.stats import (
 from perfcallback.totals import RunTotals
 
 if TYPE_CHECKING:
-    from perfcallback.profiling import TraceProfiler
+    from perfcallback.profiling import Capture, TraceProfiler
 
 logger = logging.getLogger("perfcallback")
 
@@ -108,6 +108,7 @@ class StepRecorder:
         self.clock = clock
         self.context = context or RunContext()
         self.profiler: TraceProfiler | None = None  # see attach_profiler()
+        self.trace_figures: dict[str, float] = {}  # from the latest capture, see join_capture()
         self.failopen = FailOpen()
         self.pipeline = WindowPipeline(
             context=self.context,
@@ -163,6 +164,25 @@ class StepRecorder:
         self.profiler = profiler
         # Guarded once here, not per step: an internal error switches profiling off.
         self._profiler_step = self.failopen.guard("profiler", profiler.on_step_end)
+        profiler.on_trace_ready.append(self.join_capture)
+
+    def join_capture(self, capture: Capture) -> None:
+        """Join a finished capture's kernel-level figures into the windows that follow.
+
+        Runs on the profiler's export thread: the analysis (tens of ms to a second, holding the
+        GIL part of the time) happens there, and the result replaces :attr:`trace_figures` in one
+        assignment, which :meth:`window` reads once per window. A failure trips
+        ``on_trace_ready:join_capture`` and leaves training alone.
+        """
+        if capture.path is None:
+            return
+        from perfcallback.trace.live import capture_figures  # the analysis is only needed here
+
+        figures = capture_figures(capture.path)
+        if figures:
+            figures["trace_first_step"] = float(capture.first_step)
+            figures["trace_last_step"] = float(capture.last_step)
+        self.trace_figures = figures
 
     def install_gc_probe(self) -> None:
         """Start timing garbage collections (``gc.callbacks``); undone by :meth:`close`."""
@@ -435,6 +455,8 @@ class StepRecorder:
         extra.update(compile_fields or {})
         extra["recent_step_times_s"] = tuple(map(_STEP_S, ring))
         extra["recent_step_indices"] = tuple(map(_INDEX, ring))
+        if self.trace_figures:
+            extra["extra"] = dict(self.trace_figures)
         self.context.float32_matmul_precision = torch.get_float32_matmul_precision()
         return summarize(records, **extra)
 

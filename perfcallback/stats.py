@@ -126,6 +126,8 @@ EXTRA_KEYS: dict[str, str] = {
     "straggler_spread_pct": "(max - min) / mean step time across ranks, percent",
     "comm_wait_spread_pct": "(max - min) / mean communication time across ranks, percent",
     "slowest_rank": "rank with the longest mean step",
+    "trace_first_step": "first step of the profiler capture the trace figures come from",
+    "trace_last_step": "last step of that capture",
 }
 
 
