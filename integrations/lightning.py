@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from perfcallback._optional import require
-from perfcallback.context import loader_facts, optimizer_facts
+from perfcallback.context import is_compiled, loader_facts, optimizer_facts, param_dtype
 from perfcallback.integrations._lightning_outputs import (
     StepAxis,
     attach_tensorboard,
@@ -360,6 +360,11 @@ class PerfCallback(*_BASES):  # type: ignore[misc]
         ctx.loader = loader_facts(loader) if loader is not None else None
         if trainer.optimizers:
             ctx.optimizer = optimizer_facts(trainer.optimizers[0])
+        module = trainer.lightning_module
+        ctx.param_dtype = param_dtype(module)
+        # Lightning unwraps torch.compile(model) and keeps the compile settings on the module.
+        compiled_by_lightning = getattr(module, "_compiler_ctx", None) is not None
+        ctx.compile_in_use = is_compiled(module) or compiled_by_lightning
 
     def _switch_off(self, exc: Exception) -> None:
         self._live = False

@@ -553,3 +553,13 @@ def _ddp_main(out: str, all_ranks: bool) -> None:
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--ddp"]:
     _ddp_main(sys.argv[2], sys.argv[3] == "1")
+
+
+def test_model_facts_reach_the_rules(tmp_path: Path) -> None:
+    """Parameter dtype and compile state, as the precision and recompilation rules read them."""
+    cb = PerfCallback(warmup_steps=0, window_steps=4)
+    compiled = torch.compile(PlantedModule(), backend="eager")  # Lightning unwraps it in fit()
+    trainer(tmp_path, cb, max_steps=2).fit(compiled, make_loader(n=32, batch_size=8))
+    ctx = cb._active().context
+    assert ctx.param_dtype == "float32"
+    assert ctx.compile_in_use is True
