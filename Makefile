@@ -26,6 +26,7 @@ test: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check perfcallback integrations tests examples benchmarks
+	$(BIN)/mypy -p perfcallback && $(BIN)/mypy integrations
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/overhead.py

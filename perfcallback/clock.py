@@ -38,7 +38,7 @@ class CudaEventTimer:
         self._pending: deque[tuple[int, list[tuple[int, Any]]]] = deque()
 
     def _event(self) -> Any:
-        ev = self._free.pop() if self._free else torch.cuda.Event(enable_timing=True)
+        ev = self._free.pop() if self._free else torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
         ev.record()
         return ev
 

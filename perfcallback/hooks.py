@@ -97,7 +97,7 @@ class PhaseHooks:
         if self._rec.in_step and torch.is_grad_enabled():
             tensor = _first_grad_tensor(output)
             if tensor is not None:
-                tensor.register_hook(self._on_grad)
+                tensor.register_hook(self._on_grad)  # type: ignore[no-untyped-call]
 
     def _grad_hook(self, grad: torch.Tensor) -> None:
         if self._in_backward:
