@@ -158,3 +158,39 @@ def test_console_script_smoke(tmp_path: Path) -> None:
                           timeout=60)
     assert fail.returncode == 2 and fail.stdout == ""
     _one_line_error(fail.stderr, "not a gzip file")
+
+
+@pytest.mark.slow
+def test_analyze_reads_a_perfmonitor_log_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`perfcallback analyze runs/exp` on what PerfMonitor(logdir=...) wrote (a CPU run here)."""
+    import time
+
+    import torch
+
+    from perfcallback import PerfMonitor
+
+    model = torch.nn.Linear(8, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def batches():
+        for _ in range(25):
+            time.sleep(0.004)  # a planted data wait, visible in the trace's DataLoader-free steps
+            yield torch.randn(4, 8)
+
+    with PerfMonitor(model=model, optimizer=opt, logdir=tmp_path, warmup_steps=2,
+                     log_recommendations=False) as perf:
+        for x in perf.wrap_loader(batches()):
+            with perf.step():
+                model(x).sum().backward()
+                opt.step()
+    assert (tmp_path / "perf_report.json").is_file()  # beside the traces, and not one of them
+    code, _, err = _run(capsys, "analyze", str(tmp_path))
+    assert code == 2
+    assert "no GPU events" in err and "--allow-cpu-only" in err
+    code, out, err = _run(capsys, "analyze", str(tmp_path), "--allow-cpu-only", "--json")
+    assert code == 0, err
+    rank = json.loads(out)["ranks"]["0"]
+    assert rank["idle_pct"] is None  # no GPU: said, not zero
+    assert rank["steps"] >= 1

@@ -72,7 +72,9 @@ def find_trace_files(path: str | Path) -> tuple[list[Path], list[str]]:
 
 
 def _is_trace(f: Path) -> bool:
-    return f.name.endswith(TRACE_SUFFIXES) and f.is_file()
+    # perfcallback's own report files sit beside the traces in a run's log folder
+    report = f.name.startswith("perf_report") and f.name.endswith(".json")
+    return f.name.endswith(TRACE_SUFFIXES) and not report and f.is_file()
 
 
 def load_rank_trace(
