@@ -6,6 +6,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -90,3 +91,17 @@ def run_distributed(fn: Callable[..., Any], *args: Any, world_size: int = 2) -> 
         join=True,
         start_method="spawn",
     )
+
+
+def read_events(logdir: Path | str) -> Any:
+    """TensorBoard's own reader (EventAccumulator) over ``logdir``, every event kept."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(logdir), size_guidance={"scalars": 0, "tensors": 0})
+    acc.Reload()
+    return acc
+
+
+def texts(acc: Any, tag: str) -> list[tuple[int, str]]:
+    """``(step, markdown)`` of a Text-dashboard tag, as TensorBoard stores it."""
+    return [(e.step, e.tensor_proto.string_val[0].decode()) for e in acc.Tensors(tag)]

@@ -27,7 +27,7 @@ from perfcallback.profiling import ProfileOptions  # noqa: E402
 from perfcallback.sinks.tensorboard import window_scalars  # noqa: E402
 from perfcallback.stats import PHASE_NAMES  # noqa: E402
 
-from _helpers import make_loader  # noqa: E402
+from _helpers import make_loader, read_events, texts  # noqa: E402
 
 # Lightning 2.6 on torch 2.13 warns about torch's deprecated LeafSpec at every fit.
 pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")
@@ -86,16 +86,6 @@ def fit(root: Path, cb: PerfCallback, logger: Any, steps: int = STEPS, **loader:
     )
     t.fit(LoggedModule(), make_loader(n=8 * steps + 8, batch_size=8, **loader))
     return t
-
-
-def read_events(logdir: Path) -> EventAccumulator:
-    acc = EventAccumulator(str(logdir), size_guidance={"scalars": 0, "tensors": 0})
-    acc.Reload()
-    return acc
-
-
-def texts(acc: EventAccumulator, tag: str) -> list[tuple[int, str]]:
-    return [(e.step, e.tensor_proto.string_val[0].decode()) for e in acc.Tensors(tag)]
 
 
 def event_files(root: Path) -> list[Path]:

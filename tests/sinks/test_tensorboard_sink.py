@@ -18,25 +18,12 @@ from perfcallback.sinks.tensorboard import (
     window_scalars,
 )
 
-from _helpers import FakeClock
+from _helpers import FakeClock, read_events, texts
 
 pytest.importorskip("tensorboard")
-from tensorboard.backend.event_processing.event_accumulator import (
-    EventAccumulator,
-)
 
 WARMUP, WINDOW, STEPS = 2, 5, 20
 DATA_S, COMPUTE_S, BATCH = 0.002, 0.008, 4
-
-
-def read_events(logdir: Path) -> EventAccumulator:
-    acc = EventAccumulator(str(logdir), size_guidance={"scalars": 0, "tensors": 0})
-    acc.Reload()
-    return acc
-
-
-def texts(acc: EventAccumulator, tag: str) -> list[tuple[int, str]]:
-    return [(e.step, e.tensor_proto.string_val[0].decode()) for e in acc.Tensors(tag)]
 
 
 def fake_loop(perf: PerfMonitor, clock: FakeClock, steps: int, step_s=lambda i: COMPUTE_S) -> None:
