@@ -24,6 +24,7 @@ from perfcallback.context import (
     optimizer_facts,
     param_dtype,
 )
+from perfcallback.distributed import rank_and_world
 from perfcallback.hooks import PhaseHooks
 from perfcallback.profiling import ProfileOptions, profiler_for
 from perfcallback.recorder import StepRecorder
@@ -86,6 +87,10 @@ class PerfMonitor:
             :class:`~perfcallback.profiling.ProfileOptions`). ``None``: the default options (one
             early capture, plus captures triggered by a slowdown) when a logdir is given. Profiled
             steps are left out of the figures.
+        all_ranks: Under torch.distributed, also log findings, capture traces and write a report
+            file (``perf_report.rank<N>.json``) on ranks other than zero. Every rank always
+            measures itself, and ``report()`` works on every rank. Create the monitor after
+            ``init_process_group`` so it knows its rank.
         recorder_kwargs: Passed through to :class:`StepRecorder` (``buffer_steps``, ``clock``, ...).
 
     Example::
@@ -120,6 +125,7 @@ class PerfMonitor:
         sinks: Sequence[Sink] = (),
         tensorboard: bool | None = None,
         profile: bool | ProfileOptions | None = None,
+        all_ranks: bool = False,
         **recorder_kwargs: Any,
     ) -> None:
         if model is not None and not isinstance(model, torch.nn.Module):
@@ -132,15 +138,17 @@ class PerfMonitor:
             raise TypeError("on_recommendation must be callable")
         self._model, self._optimizer = model, optimizer
         self.logdir = Path(logdir) if logdir is not None else None
+        self.rank, world_size = rank_and_world()
+        speaks = all_ranks or self.rank == 0  # logs, traces and files: rank zero unless asked
         all_sinks: list[Sink] = list(sinks)
-        if log_recommendations:
+        if log_recommendations and speaks:
             all_sinks.append(LoggingSink())
         if on_recommendation is not None:
             all_sinks.append(CallbackSink(on_recommendation))
         tb_sink = _tensorboard_sink(self.logdir, tensorboard)
         if tb_sink is not None:
             all_sinks.append(tb_sink)
-        context = RunContext()
+        context = RunContext(rank=self.rank, world_size=world_size)
         if optimizer is not None:
             context.optimizer = optimizer_facts(optimizer)
         if model is not None:  # facts the precision and recompilation rules quote
@@ -155,9 +163,17 @@ class PerfMonitor:
             disabled_rules=disabled_rules,
             **recorder_kwargs,
         )
+        if profile is not None and not isinstance(profile, (bool, ProfileOptions)):
+            raise TypeError(
+                f"profile must be a bool or ProfileOptions, got {type(profile).__name__}"
+            )
         profiler = profiler_for(
-            self.logdir, profile, warmup_steps=warmup_steps, failopen=self.recorder.failopen
+            self.logdir if speaks else None,
+            profile if speaks else False,
+            warmup_steps=warmup_steps,
+            failopen=self.recorder.failopen,
         )
+        self._writes_report = self.logdir is not None and speaks
         if profiler is not None:
             self.recorder.attach_profiler(profiler)
             if tb_sink is not None:
@@ -190,7 +206,7 @@ class PerfMonitor:
         finally:
             self._exited = True
             self.recorder.close()
-            if self.logdir is not None:
+            if self._writes_report:
                 self.recorder.failopen.guard("report_file", self._write_report)()
         # never suppress the user's exception: return None
 
@@ -254,7 +270,8 @@ class PerfMonitor:
     def _write_report(self) -> None:
         assert self.logdir is not None
         self.logdir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.logdir / "perf_report.json", self.report().to_dict())
+        name = "perf_report.json" if self.rank == 0 else f"perf_report.rank{self.rank}.json"
+        write_json_atomic(self.logdir / name, self.report().to_dict())
 
 
 def _tensorboard_sink(logdir: Path | None, wanted: bool | None) -> TensorBoardSink | None:

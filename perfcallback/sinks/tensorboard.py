@@ -41,9 +41,8 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-import torch
-
 from perfcallback._optional import MissingExtraError, require
+from perfcallback.distributed import is_rank_zero
 from perfcallback.report import SEVERITY_RANK, Recommendation
 from perfcallback.sinks import Sink
 from perfcallback.stats import PHASE_NAMES, WindowStats
@@ -279,8 +278,7 @@ def _fast_summary_cls(writer: Any) -> Any:
 
 
 def _is_rank_zero() -> bool:
-    dist = torch.distributed
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+    return is_rank_zero()
 
 
 def tensorboard_sink_or_warn(
