@@ -297,14 +297,12 @@ def write_report(recorder: StepRecorder, report_dir: Path | None, trainer: Any) 
 
 
 def log_summary(recorder: StepRecorder, report_dir: Path | None) -> None:
-    """The report and the validation time on the ``perfcallback`` logger, at fit end."""
-    val, ctx = recorder.validation_summary(), recorder.context
+    """The report (validation time included) on the ``perfcallback`` logger, at fit end."""
+    ctx = recorder.context
     logger.info(
-        "%s%s\n  validation: %d runs, %.3f s total (not counted in steps)%s",
+        "%s%s%s",
         f"[rank {ctx.rank} of {ctx.world_size}] " if ctx.world_size > 1 else "",
         recorder.report(),
-        val["runs"],
-        val["total_s"],
         f"\n  written to {report_dir}" if report_dir is not None else "",
     )
 

@@ -355,7 +355,7 @@ def test_findings_as_they_appear_and_a_summary_are_logged(
     messages = [r.getMessage() for r in caplog.records if r.name == "perfcallback"]
     summary = next(i for i, m in enumerate(messages) if "perfcallback report" in m)
     assert any("dataloader.stall" in m for m in messages[:summary])  # during fit, not only at end
-    assert "validation: 0 runs" in messages[summary]
+    assert "9 steps measured (0 warm-up)" in messages[summary]
 
 
 # ----------------------------------------------------------------- step semantics
