@@ -31,11 +31,11 @@ from perfcallback.trace.errors import TraceError
 try:  # optional accelerator: the `trace` extra
     import msgspec
 except ImportError:  # pragma: no cover - exercised by the fallback test through _BACKENDS
-    msgspec = None  # type: ignore[assignment]
+    msgspec = None  # type: ignore[assignment, unused-ignore]
 try:
     import orjson
 except ImportError:  # pragma: no cover
-    orjson = None  # type: ignore[assignment]
+    orjson = None  # type: ignore[assignment, unused-ignore]  # typed only where installed
 
 CHUNK_BYTES = 8 * 2**20  # decompressed bytes decoded at once; bounds memory on huge traces
 _GZIP_MAGIC = b"\x1f\x8b"
