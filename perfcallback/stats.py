@@ -164,6 +164,25 @@ def slope(xs: Sequence[float], ys: Sequence[float]) -> float | None:
     return linear_fit(xs, ys)[0]
 
 
+def step_time_fields(times: Sequence[float]) -> dict[str, object]:
+    """The step-time fields of a :class:`WindowStats` (mean, percentiles, rate) for ``times``.
+
+    Shared by live windows, trace windows and tests, so every source summarises steps alike.
+    """
+    ordered = sorted(times)
+    total = sum(times)
+    return {
+        "steps": len(times),
+        "step_s": total / len(times),
+        "step_p50_s": percentile(ordered, 50),
+        "step_p90_s": percentile(ordered, 90),
+        "step_p99_s": percentile(ordered, 99),
+        "step_max_s": ordered[-1],
+        "step_times_s": tuple(times),
+        "steps_per_s": len(times) / total if total > 0 else 0.0,
+    }
+
+
 def summarize(records: Sequence[StepRecord], **extra_fields: object) -> WindowStats:
     """Summarise ``records`` (oldest first, at least one) into a :class:`WindowStats`.
 
@@ -171,7 +190,6 @@ def summarize(records: Sequence[StepRecord], **extra_fields: object) -> WindowSt
     """
     n = len(records)
     times = [r.step_s for r in records]
-    ordered = sorted(times)
     total = sum(times)
     phase_s = {name: sum(r.phases[i] for r in records) / n for i, name in enumerate(PHASE_NAMES)}
     samples = sum(r.samples for r in records)
@@ -180,15 +198,8 @@ def summarize(records: Sequence[StepRecord], **extra_fields: object) -> WindowSt
     fields: dict[str, object] = {
         "first_step": records[0].index,
         "last_step": records[-1].index,
-        "steps": n,
-        "step_s": total / n,
-        "step_p50_s": percentile(ordered, 50),
-        "step_p90_s": percentile(ordered, 90),
-        "step_p99_s": percentile(ordered, 99),
-        "step_max_s": ordered[-1],
-        "step_times_s": tuple(times),
+        **step_time_fields(times),
         "phase_s": phase_s,
-        "steps_per_s": n / total if total > 0 else 0.0,
         "samples_per_s": samples / total if samples and total > 0 else None,
         "gc_pause_s": sum(r.gc_pause_s for r in records) / n,
         "gc_collections_per_step": sum(r.gc_collections for r in records) / n,

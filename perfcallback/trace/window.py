@@ -16,7 +16,7 @@ from typing import Any
 
 from perfcallback.context import RunContext
 from perfcallback.report import SEVERITY_RANK, Recommendation, sort_recommendations
-from perfcallback.stats import WindowStats, percentile
+from perfcallback.stats import WindowStats, step_time_fields
 from perfcallback.trace.analysis import CrossRank, RankAnalysis, TraceAnalysis
 
 _US = 1e-6  # trace times are microseconds
@@ -46,7 +46,6 @@ def window_stats(rank: RankAnalysis, cross: CrossRank | None = None) -> WindowSt
     times = [s.wall_us * _US for s in rank.steps]
     if not times:
         times = [rank.temporal.span_us * _US if rank.temporal else 0.0]
-    ordered = sorted(times)
     step_s = sum(times) / len(times)
     data_s = sum(s.data_us for s in rank.steps) * _US / len(times) if rank.steps else 0.0
     phase_s = {"data": data_s, "forward": 0.0, "backward": 0.0, "optimizer": 0.0,
@@ -55,16 +54,9 @@ def window_stats(rank: RankAnalysis, cross: CrossRank | None = None) -> WindowSt
     return WindowStats(
         first_step=first,
         last_step=rank.steps[-1].number if rank.steps else first,
-        steps=len(times),
-        step_s=step_s,
-        step_p50_s=percentile(ordered, 50),
-        step_p90_s=percentile(ordered, 90),
-        step_p99_s=percentile(ordered, 99),
-        step_max_s=ordered[-1],
-        step_times_s=tuple(times),
         phase_s=phase_s,
-        steps_per_s=1.0 / step_s if step_s > 0 else 0.0,
         extra=_extra(rank, cross),
+        **step_time_fields(times),  # type: ignore[arg-type]
     )
 
 

@@ -8,7 +8,7 @@ from typing import Any
 from perfcallback.context import RunContext
 from perfcallback.report import Recommendation
 from perfcallback.rules import evaluate, registered_rules
-from perfcallback.stats import PHASE_NAMES, WindowStats, percentile
+from perfcallback.stats import PHASE_NAMES, WindowStats, step_time_fields
 
 
 def window(
@@ -28,21 +28,14 @@ def window(
         times = [step_s] * steps
     else:
         step_s = sum(times) / len(times)
-    ordered = sorted(times)
     phase_s = dict.fromkeys(PHASE_NAMES, 0.0) | dict(phases or {})
     phase_s["other"] = max(0.0, step_s - sum(v for k, v in phase_s.items() if k != "other"))
     base: dict[str, Any] = {
         "first_step": first_step,
         "last_step": first_step + len(times) - 1,
-        "steps": len(times),
-        "step_s": step_s,
-        "step_p50_s": percentile(ordered, 50),
-        "step_p90_s": percentile(ordered, 90),
-        "step_p99_s": percentile(ordered, 99),
-        "step_max_s": ordered[-1],
-        "step_times_s": tuple(times),
+        **step_time_fields(times),
+        "step_s": step_s,  # as given: a mean of repeated floats can be off by an ulp
         "phase_s": phase_s,
-        "steps_per_s": 1 / step_s,
     }
     return WindowStats(**(base | fields))
 
