@@ -33,6 +33,7 @@ from perfcallback.sinks import CallbackSink, LoggingSink, Sink
 from perfcallback.sinks.tensorboard import TensorBoardSink, tensorboard_sink_or_warn
 
 T = TypeVar("T")
+_RECORDER = "recorder"  # fail-open component name of the loop's calls into the recorder
 
 
 def batch_size_of(batch: Any) -> int:
@@ -182,6 +183,21 @@ class PerfMonitor:
         self._entered = False
         self._exited = False
         self._step_ctx = _StepContext(self)
+        self._stepping = False  # the monitor's own view: valid even if the recorder is off
+        # The loop's calls into the recorder, each behind the fail-open guard: an internal error
+        # switches measuring off ("recorder" in Report.disabled) and training goes on.
+        guard = self.recorder.failopen.guard
+        rec = self.recorder
+        self._begin_step, self._end_step = (
+            guard(_RECORDER, rec.begin_step),
+            guard(_RECORDER, rec.end_step),
+        )
+        self._abort_step = guard(_RECORDER, rec.abort_step)
+        self._data_begin, self._data_end = (
+            guard(_RECORDER, rec.data_begin),
+            guard(_RECORDER, rec.data_end),
+        )
+        self._abort_fetch = guard(_RECORDER, rec.abort_fetch)
 
     # ----------------------------------------------------------------- context manager
     def __enter__(self) -> PerfMonitor:
@@ -225,15 +241,15 @@ class PerfMonitor:
         return self._timed_iter(iter(loader))
 
     def _timed_iter(self, it: Iterator[T]) -> Iterator[T]:
-        rec = self.recorder
+        data_begin, data_end, abort_fetch = self._data_begin, self._data_end, self._abort_fetch
         while True:
-            rec.data_begin()
+            data_begin()
             try:
                 item = next(it)
             except StopIteration:
-                rec.abort_fetch()
+                abort_fetch()
                 return
-            rec.data_end(batch_size_of(item))
+            data_end(batch_size_of(item))
             yield item
 
     def step(self) -> _StepContext:
@@ -250,17 +266,19 @@ class PerfMonitor:
                 "perf.step() must be used inside `with PerfMonitor(...) as perf:`; "
                 "enter the monitor first"
             )
-        if self.recorder.in_step:
+        if self._stepping:
             raise RuntimeError(
                 "perf.step() blocks cannot be nested: one `with perf.step():` per optimizer step"
             )
-        self.recorder.begin_step()
+        self._stepping = True
+        self._begin_step()
 
     def _exit_step(self, failed: bool) -> None:
+        self._stepping = False
         if failed:
-            self.recorder.abort_step()
+            self._abort_step()
         else:
-            self.recorder.end_step()
+            self._end_step()
 
     # ----------------------------------------------------------------- results
     def report(self) -> Report:

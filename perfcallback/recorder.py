@@ -24,7 +24,7 @@ import gc
 import logging
 import operator
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -121,6 +121,7 @@ class StepRecorder:
         )
         self._ring: deque[StepRecord] = deque(maxlen=buffer_steps)
         self._rss = HostRSS()
+        self._read_rss: Callable[[], int | None] = self.failopen.guard("host_rss", self._host_rss)
         use_cuda = torch.cuda.is_available() if cuda is None else cuda
         self._cuda = CudaEventTimer(_N_PHASES) if use_cuda else None
         if use_cuda:
@@ -304,7 +305,7 @@ class StepRecorder:
         cuda = None
         if self._cuda is not None and index % _CUDA_MEMORY_EVERY == 0:
             cuda = self.failopen.guard("cuda_memory", cuda_memory_snapshot)()
-        rss = self._rss.read() if self.failopen.is_on("host_rss") else 0
+        rss = self._read_rss() or 0
         self._ring.append(
             StepRecord(index, step_s, acc.copy(), samples, rss, gc_pause, gc_count, t, cuda)
         )
@@ -409,6 +410,9 @@ class StepRecorder:
         self.totals.load_state_dict(state)
         self._ring.clear()
         self._ring.extend(StepRecord(*row) for row in state["ring"])
+
+    def _host_rss(self) -> int:
+        return self._rss.read()
 
     def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":

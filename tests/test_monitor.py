@@ -300,3 +300,50 @@ def test_monitor_memory_is_bounded_over_20000_steps() -> None:
         tracemalloc.stop()
     assert perf.report().steps == 20_000
     assert late - early < 256 * 1024, f"monitor grew by {late - early} bytes over 18,000 steps"
+
+
+def test_a_failing_recorder_is_switched_off_and_training_goes_on(caplog) -> None:
+    """Fault injection at the engine itself: its clock breaks mid-run, then RSS reads fail."""
+    model = tiny_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    calls = 0
+
+    def breaking_clock() -> float:
+        nonlocal calls
+        calls += 1
+        if calls > 200:
+            raise OSError("clock source gone (planted)")
+        return time.perf_counter()
+
+    with PerfMonitor(model=model, optimizer=opt, warmup_steps=0, clock=breaking_clock) as perf:
+        losses = []
+        for x, y in perf.wrap_loader(make_loader(n=8 * 40)):
+            with perf.step():
+                loss = torch.nn.functional.cross_entropy(model(x), y)
+                loss.backward()
+                opt.step()
+                opt.zero_grad()
+            losses.append(loss.item())
+    report = perf.report()
+    assert len(losses) == 40  # every batch trained, no error reached the loop
+    assert 0 < report.steps < 40  # measured until the clock broke
+    assert "clock source gone" in report.disabled["recorder"]
+
+
+def test_failing_rss_reads_switch_only_rss_off() -> None:
+    class BrokenRSS:
+        def read(self) -> int:
+            raise PermissionError("/proc/self/statm (planted)")
+
+        def close(self) -> None:
+            pass
+
+    with PerfMonitor(warmup_steps=0) as perf:
+        perf.recorder._rss = BrokenRSS()  # type: ignore[assignment]
+        for _ in perf.wrap_loader(range(10)):
+            with perf.step():
+                pass
+    report = perf.report()
+    assert report.steps == 10
+    assert set(report.disabled) == {"host_rss"}
+    assert "host_rss_bytes" not in report.memory
