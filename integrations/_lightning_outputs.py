@@ -1,6 +1,10 @@
 """Where :class:`~perfcallback.integrations.lightning.PerfCallback`'s results go: the Trainer's
 loggers, its TensorBoard run (scalars, recommendations, profiler traces) and the report file.
 
+This module only finds the Lightning-specific targets (the loggers, the TensorBoardLogger's
+writer and directory, the step axis); the engine session
+(:meth:`perfcallback.session.EngineSession.open_outputs`) builds the outputs there.
+
 Design notes:
 
 - **Step axis.** Everything perfcallback writes to the Trainer's loggers, TensorBoard included, is
@@ -29,26 +33,17 @@ Design notes:
 from __future__ import annotations
 
 import importlib
-import logging
-import warnings
 import weakref
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from perfcallback._optional import require
-from perfcallback.monitor import write_json_atomic
-from perfcallback.profiling import ProfileOptions, TraceProfiler, profiler_for
+from perfcallback.profiling import ProfileOptions
 from perfcallback.recorder import StepRecorder
-from perfcallback.sinks import LoggingSink, Sink
-from perfcallback.sinks.tensorboard import (
-    TensorBoardSink,
-    tensorboard_sink_or_warn,
-    window_scalars,
-)
+from perfcallback.sinks import Sink
+from perfcallback.sinks.tensorboard import window_scalars
 from perfcallback.stats import WindowStats
-
-logger = logging.getLogger("perfcallback")
 
 _PACKAGES = ("lightning.pytorch", "pytorch_lightning")
 
@@ -116,87 +111,62 @@ class LoggerSink(Sink):
             lg.log_metrics(metrics, step=step)
 
 
-def trainer_sinks(
-    trainer: Any,
-    recorder: Callable[[], StepRecorder],
-    step_of: Callable[[int], int],
-    every: int,
-    log_recommendations: bool,
+def logger_sinks(
+    trainer: Any, recorder: Callable[[], StepRecorder], step_of: Callable[[int], int], every: int
 ) -> list[Sink]:
-    """Window scalars for the loggers every ``every`` windows (rank zero; ``0``: none), and
-    findings on the ``perfcallback`` logger; ``recorder`` returns the recorder once built."""
-    sinks: list[Sink] = []
-    if every and trainer.is_global_zero:
+    """Window scalars for the Trainer's loggers every ``every`` windows (rank zero; ``0``: none);
+    ``recorder`` returns the recorder once built (for the validation figures)."""
+    if not every or not trainer.is_global_zero:
+        return []
 
-        def validation_scalars() -> dict[str, float]:
-            val = recorder().validation_summary()
-            return {
-                "perf/validation/runs": val["runs"],
-                "perf/validation/mean_ms": val["mean_s"] * 1e3,
-            }
+    def validation_scalars() -> dict[str, float]:
+        val = recorder().validation_summary()
+        return {"perf/validation/runs": val["runs"], "perf/validation/mean_ms": val["mean_s"] * 1e3}
 
-        sinks.append(
-            LoggerSink(trainer, step_of=step_of, every_n_windows=every, extra=validation_scalars)
-        )
-    if log_recommendations:
-        ensure_console_logging()
-        sinks.append(LoggingSink())
-    return sinks
+    return [LoggerSink(trainer, step_of=step_of, every_n_windows=every, extra=validation_scalars)]
 
 
-def check_output_options(tensorboard: bool | None, profile: bool | ProfileOptions | None) -> None:
-    """Validate ``PerfCallback(tensorboard=..., profile=...)`` when the callback is built.
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutputTargets:
+    """Where the engine session should write, as the Trainer's loggers decide it."""
 
-    Raises:
-        TypeError: either has the wrong type.
-        MissingExtraError: ``tensorboard=True`` and the ``tensorboard`` extra is missing.
+    report_dir: Path | None
+    tensorboard_dir: Path | None = None  # a writer the session owns (no TensorBoardLogger)
+    writer: Any = None  # the TensorBoardLogger's writer, reused (rank zero)
+    scalars: bool = True  # False: the loggers already receive the figures
+    trace_dir: Path | None = None
+    profiler_taken_by: str | None = None
+
+
+def output_targets(
+    trainer: Any, logdir: Path | None, profile: bool | ProfileOptions | None
+) -> OutputTargets:
+    """The Trainer's output directories for ``PerfCallback(logdir=..., profile=...)``.
+
+    Collective under DDP (``trainer.log_dir`` and the run's directory are broadcasts): every rank
+    must call it.
     """
-    if tensorboard is not None and not isinstance(tensorboard, bool):
-        raise TypeError(f"tensorboard must be a bool or None, got {tensorboard!r}")
-    if tensorboard:  # asked for: a missing extra fails now, with the install hint
-        require("torch.utils.tensorboard", extra="tensorboard")
-    if profile is not None and not isinstance(profile, (bool, ProfileOptions)):
-        raise TypeError(f"profile must be a bool or ProfileOptions, got {type(profile).__name__}")
-
-
-class OutputOptions(Protocol):
-    """The ``PerfCallback`` arguments that decide its TensorBoard output and trace capture."""
-
-    logdir: Path | None
-    tensorboard: bool | None
-    profile: bool | ProfileOptions | None
-    all_ranks: bool
-    log_every_n_windows: int
-
-
-def attach_tensorboard(
-    recorder: StepRecorder,
-    trainer: Any,
-    options: OutputOptions,
-    *,
-    report_dir: Path | None,
-    step_of: Callable[[int], int],
-) -> None:
-    """Add the TensorBoard sink and the trace profiler that ``options`` and the loggers call for.
-
-    Collective under DDP (a broadcast of the run's directory): every rank must call it.
-    """
+    report_dir = resolve_report_dir(trainer, logdir)
     tb_logger = tensorboard_logger(trainer)
-    run_dir, profile = options.logdir, options.profile
+    run_dir, writer = logdir, None
     if tb_logger is not None:  # rank zero's directory: other ranks may number versions apart
         run_dir = Path(trainer.strategy.broadcast(str(tb_logger.log_dir)))
-    every = options.log_every_n_windows
-    sink = _tensorboard_sink(trainer, tb_logger, run_dir, options.tensorboard, every, step_of)
-    if sink is not None:
-        recorder.sinks.append(sink)
+        # Never closed by us (Lightning closes it in finalize); flushed at fit end.
+        writer = tb_logger.experiment if trainer.is_global_zero else None
     # By default traces go with the TensorBoard run; asked for explicitly, the logger's directory
     # (e.g. a CSVLogger's) will do.
-    where = run_dir if run_dir is not None or profile is None else report_dir
-    profiler = _trace_profiler(trainer, recorder, profile, where, options.all_ranks)
-    if profiler is not None:
-        recorder.attach_profiler(profiler)
-        if sink is not None:
-            profiler.on_trace_ready.append(sink.note_capture)  # "perf/profiler_traces" table
+    trace_dir = run_dir if run_dir is not None or profile is None else report_dir
+    taken_by = None
+    if type(trainer.profiler).__name__ == "PyTorchProfiler":
+        taken_by = "the Trainer's PyTorchProfiler"
+    return OutputTargets(
+        report_dir=report_dir,
+        tensorboard_dir=None if tb_logger is not None else run_dir,
+        writer=writer,
+        scalars=tb_logger is None,
+        trace_dir=trace_dir,
+        profiler_taken_by=taken_by,
+    )
 
 
 def tensorboard_logger(trainer: Any) -> Any:
@@ -208,66 +178,6 @@ def tensorboard_logger(trainer: Any) -> Any:
         except (ImportError, AttributeError):
             continue
     return next((lg for lg in trainer.loggers if isinstance(lg, tuple(classes))), None)
-
-
-def _tensorboard_sink(
-    trainer: Any,
-    tb_logger: Any,
-    run_dir: Path | None,
-    wanted: bool | None,
-    every: int,
-    step_of: Callable[[int], int],
-) -> TensorBoardSink | None:
-    if wanted is False or not trainer.is_global_zero:
-        return None
-    n = max(every, 1)  # every=0 (no figures) still writes the tracks and the Text tab
-    if tb_logger is not None:
-        # Never closed by us (Lightning closes it in finalize); flushed at fit end.
-        return TensorBoardSink(writer=tb_logger.experiment, every=n, scalars=False, step_of=step_of)
-    if run_dir is None:
-        if wanted:
-            warnings.warn(
-                "perfcallback: tensorboard=True, but the Trainer has no TensorBoardLogger and no "
-                "PerfCallback(logdir=...) was given; TensorBoard output is off",
-                stacklevel=2,
-            )
-        return None
-    options: dict[str, Any] = {"every": n, "scalars": every > 0, "step_of": step_of}
-    if wanted:  # the extra was checked in PerfCallback.__init__
-        return TensorBoardSink(run_dir, **options)
-    return tensorboard_sink_or_warn(run_dir, **options)
-
-
-def _trace_profiler(
-    trainer: Any,
-    recorder: StepRecorder,
-    profile: bool | ProfileOptions | None,
-    where: Path | None,
-    all_ranks: bool,
-) -> TraceProfiler | None:
-    if profile is False or not (trainer.is_global_zero or all_ranks):
-        return None
-    if where is None:
-        if profile is not None:
-            warnings.warn(
-                "perfcallback: profile=... needs a directory for its traces: attach a logger or "
-                "pass PerfCallback(logdir=...); trace capture is off",
-                stacklevel=2,
-            )
-        return None
-    if type(trainer.profiler).__name__ == "PyTorchProfiler":  # one torch profiler at a time
-        message = (
-            "perfcallback: the Trainer runs Lightning's PyTorchProfiler, and torch allows one "
-            "profiler at a time; perfcallback's trace capture is off"
-        )
-        if profile is not None:
-            warnings.warn(message, stacklevel=2)
-        else:
-            logger.info(message)
-        return None
-    return profiler_for(
-        where, profile, warmup_steps=recorder.warmup_steps, failopen=recorder.failopen
-    )
 
 
 def resolve_report_dir(trainer: Any, logdir: Path | None) -> Path | None:
@@ -283,36 +193,3 @@ def resolve_report_dir(trainer: Any, logdir: Path | None) -> Path | None:
         return None
     log_dir = trainer.log_dir
     return Path(log_dir) if log_dir else None
-
-
-def write_report(recorder: StepRecorder, report_dir: Path | None, trainer: Any) -> None:
-    """``perf_report.json`` (``perf_report.rank<N>.json`` off rank zero) with the validation."""
-    if report_dir is None:
-        return
-    rank = trainer.global_rank
-    name = "perf_report.json" if trainer.is_global_zero else f"perf_report.rank{rank}.json"
-    report_dir.mkdir(parents=True, exist_ok=True)
-    data = recorder.report().to_dict()
-    write_json_atomic(report_dir / name, data)
-
-
-def log_summary(recorder: StepRecorder, report_dir: Path | None) -> None:
-    """The report (validation time included) on the ``perfcallback`` logger, at fit end."""
-    ctx = recorder.context
-    logger.info(
-        "%s%s%s",
-        f"[rank {ctx.rank} of {ctx.world_size}] " if ctx.world_size > 1 else "",
-        recorder.report(),
-        f"\n  written to {report_dir}" if report_dir is not None else "",
-    )
-
-
-def ensure_console_logging() -> None:
-    """Show INFO lines in a terminal when nothing is configured (as Lightning does for its own)."""
-    ours = logging.getLogger("perfcallback")
-    if ours.handlers or logging.getLogger().hasHandlers():
-        return
-    ours.addHandler(logging.StreamHandler())
-    ours.propagate = False
-    if ours.level == logging.NOTSET:
-        ours.setLevel(logging.INFO)

@@ -33,21 +33,14 @@ from typing import Any, TypeVar
 
 from perfcallback._optional import require
 from perfcallback.context import is_compiled, loader_facts, optimizer_facts, param_dtype
-from perfcallback.integrations._lightning_outputs import (
-    StepAxis,
-    attach_tensorboard,
-    check_output_options,
-    log_summary,
-    resolve_report_dir,
-    trainer_sinks,
-    write_report,
-)
+from perfcallback.integrations._lightning_outputs import StepAxis, logger_sinks, output_targets
 from perfcallback.integrations._lightning_seams import TrainerProbes
 from perfcallback.monitor import batch_size_of
 from perfcallback.profiling import ProfileOptions
 from perfcallback.recorder import StepRecorder
 from perfcallback.report import Recommendation, Report
-from perfcallback.sinks import CallbackSink, Sink
+from perfcallback.session import EngineSession, SessionOptions, ensure_console_logging
+from perfcallback.sinks import Sink
 from perfcallback.stats import BACKWARD, OPTIMIZER
 
 logger = logging.getLogger("perfcallback")
@@ -74,15 +67,13 @@ _BASES = _callback_bases()
 
 
 def _hook(fn: F) -> F:
-    """A callback hook that runs only while fitting; an error in it switches the callback off."""
+    """A callback hook that runs only while fitting, behind the session's fail-open: an error in
+    it switches the callback off (see :meth:`PerfCallback._switch_off`)."""
 
     @functools.wraps(fn)
     def hook(self: PerfCallback, *args: Any, **kwargs: Any) -> None:
-        if self._live:
-            try:
-                fn(self, *args, **kwargs)
-            except Exception as exc:  # fail open: never let our error reach the training loop
-                self._switch_off(exc)
+        if self._live and self._session is not None:
+            self._session.failopen.call(_HOOKS, fn, self, *args, **kwargs)
 
     return hook  # type: ignore[return-value]
 
@@ -150,33 +141,31 @@ class PerfCallback(*_BASES):  # type: ignore[misc]
         **recorder_kwargs: Any,
     ) -> None:
         super().__init__()
-        check_output_options(tensorboard, profile)
         if not isinstance(log_every_n_windows, int) or log_every_n_windows < 0:
             raise ValueError(
                 f"log_every_n_windows must be an int >= 0, got {log_every_n_windows!r}"
             )
-        if on_recommendation is not None and not callable(on_recommendation):
-            raise TypeError("on_recommendation must be callable")
-        self._recorder_kwargs: dict[str, Any] = dict(
+        self._options = SessionOptions.from_kwargs(  # validated now, not at fit start
+            logdir=logdir,
             warmup_steps=warmup_steps,
             window_steps=window_steps,
+            on_recommendation=on_recommendation,
             disabled_rules=disabled_rules,
-            thresholds=thresholds,
+            thresholds=thresholds or {},
+            log_recommendations=log_recommendations,
+            sinks=sinks,
+            tensorboard=tensorboard,
+            profile=profile,
+            all_ranks=all_ranks,
             **recorder_kwargs,
         )
-        StepRecorder(**self._recorder_kwargs).close()  # validate now, not at fit start
-        self.logdir = Path(logdir) if logdir is not None else None
-        self.log_every_n_windows, self.all_ranks = log_every_n_windows, all_ranks
-        self.log_recommendations, self._on_recommendation = log_recommendations, on_recommendation
-        self._extra_sinks = list(sinks)
-        self.tensorboard, self.profile = tensorboard, profile
-        self._recorder: StepRecorder | None = None
+        self.logdir = self._options.logdir
+        self.log_every_n_windows = log_every_n_windows
+        self._session: EngineSession | None = None
         self._probes: TrainerProbes | None = None
         self._axis = StepAxis()  # recorder step index -> the step Lightning logs its batch at
         self._pending_state: dict[str, Any] | None = None
         self._live = False  # hooks act only between fit start and fit end
-        self._speaks = True  # this rank logs and writes files
-        self._report_dir: Path | None = None
         self._step_opened_at = 0  # trainer.global_step when the current step opened
         self._step_done = False  # its optimizer update ran; it ends where the next fetch begins
         self._zero_grad_open = False
@@ -185,18 +174,15 @@ class PerfCallback(*_BASES):  # type: ignore[misc]
     # ----------------------------------------------------------------- set-up and tear-down
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if stage == "fit":  # before any checkpoint restore, which calls load_state_dict
-            self._recorder, self._finished = self._build_recorder(trainer), False
+            self._session, self._finished = self._build_session(trainer), False
             self._step_done = self._zero_grad_open = False
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         # Every rank gets here; trainer.log_dir and the TensorBoard run's directory are
         # broadcasts, so they are read now, on all of them.
-        self._report_dir = resolve_report_dir(trainer, self.logdir)
-        rec = self._active()
-        rec.failopen.guard("tensorboard", attach_tensorboard)(
-            rec, trainer, self, report_dir=self._report_dir, step_of=self._axis
-        )
-        rec.failopen.guard(_HOOKS, self._attach)(trainer)
+        session = self._active_session()
+        session.failopen.call("outputs", self._open_outputs, trainer, session)
+        session.failopen.call(_HOOKS, self._attach, trainer)
 
     @_hook
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
@@ -276,20 +262,19 @@ class PerfCallback(*_BASES):  # type: ignore[misc]
         A step whose update already ran is closed first, so the saved step count matches
         ``trainer.global_step`` (the checkpoint's own writing is then not part of that step).
         """
-        if self._recorder is None:
+        if self._session is None:
             return {}
         if self._live:
             self._close_step()
-        return self._recorder.state_dict()
+        return self._session.recorder.state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Resume counters and windows from a checkpoint; a bad state is reported, not raised."""
-        if self._recorder is None:
+        if self._session is None:
             self._pending_state = dict(state_dict)
         elif state_dict:
-            self._recorder.failopen.guard("checkpoint_state", self._recorder.load_state_dict)(
-                state_dict
-            )
+            rec = self._session.recorder
+            self._session.failopen.call("checkpoint_state", rec.load_state_dict, state_dict)
 
     # ----------------------------------------------------------------- results
     def report(self) -> Report:
@@ -298,25 +283,43 @@ class PerfCallback(*_BASES):  # type: ignore[misc]
         Raises:
             RuntimeError: ``Trainer.fit`` has not started yet.
         """
-        return self._active().report()
+        return self._active_session().report()
 
     def validation_summary(self) -> dict[str, float]:
         """Validation during fit on this rank: ``runs``, ``total_s``, ``mean_s`` (not step time)."""
         return self._active().validation_summary()
 
     # ----------------------------------------------------------------- internals
-    def _active(self) -> StepRecorder:
-        if self._recorder is None:
+    def _active_session(self) -> EngineSession:
+        if self._session is None:
             raise RuntimeError(
                 "PerfCallback has no measurements yet: pass it to Trainer(callbacks=[...]) and "
                 "call trainer.fit() first (with strategy='ddp_spawn', fit runs in worker "
                 "processes: read perf_report.json from the logger's directory instead)"
             )
-        return self._recorder
+        return self._session
+
+    def _active(self) -> StepRecorder:
+        return self._active_session().recorder
 
     def _fetch_begins(self) -> None:
         self._close_step()
         self._active().data_begin()
+
+    def _open_outputs(self, trainer: Any, session: EngineSession) -> None:
+        where = output_targets(trainer, self.logdir, self._options.profile)
+        session.open_outputs(
+            report_dir=where.report_dir,
+            tensorboard_dir=where.tensorboard_dir,
+            writer=where.writer,
+            scalars=where.scalars and self.log_every_n_windows > 0,
+            every=self.log_every_n_windows,
+            step_of=self._axis,
+            trace_dir=where.trace_dir,
+            profiler_taken_by=where.profiler_taken_by,
+            missing_dir="warn",  # fit has started: a missing directory must not stop it
+            stacklevel=4,
+        )
 
     def _attach(self, trainer: Any) -> None:
         self._probes = TrainerProbes(self._active(), trainer, self._fetch_begins)
@@ -334,25 +337,23 @@ class PerfCallback(*_BASES):  # type: ignore[misc]
             self._zero_grad_open = False
             self._active().phase_end(OPTIMIZER)
 
-    def _build_recorder(self, trainer: Any) -> StepRecorder:
-        self._speaks = bool(trainer.is_global_zero or self.all_ranks)
-        kwargs = dict(self._recorder_kwargs)
-        kwargs.setdefault("cuda", trainer.strategy.root_device.type == "cuda")
-        rec = StepRecorder(sinks=self._sinks(trainer), **kwargs)
-        rec.context.world_size, rec.context.rank = trainer.world_size, trainer.global_rank
-        rec.context.device_type = trainer.strategy.root_device.type
+    def _build_session(self, trainer: Any) -> EngineSession:
+        if self._options.log_recommendations:
+            ensure_console_logging()
+        sinks = logger_sinks(trainer, self._active, self._axis, self.log_every_n_windows)
+        session = EngineSession(
+            self._options,
+            rank=trainer.global_rank,
+            world_size=trainer.world_size,
+            device_type=trainer.strategy.root_device.type,
+            extra_sinks=sinks,
+        )
+        session.failopen.on_trip(_HOOKS, self._switch_off)
         if self._pending_state:
-            rec.failopen.guard("checkpoint_state", rec.load_state_dict)(self._pending_state)
+            session.failopen.call("checkpoint_state", session.recorder.load_state_dict,
+                                  self._pending_state)
         self._pending_state = None
-        return rec
-
-    def _sinks(self, trainer: Any) -> list[Sink]:
-        speak = self.log_recommendations and self._speaks
-        own = trainer_sinks(trainer, self._active, self._axis, self.log_every_n_windows, speak)
-        sinks = [*self._extra_sinks, *own]
-        if self._on_recommendation is not None:
-            sinks.append(CallbackSink(self._on_recommendation))
-        return sinks
+        return session
 
     def _describe_run(self, trainer: Any) -> None:
         ctx = self._active().context
@@ -366,22 +367,23 @@ class PerfCallback(*_BASES):  # type: ignore[misc]
         compiled_by_lightning = getattr(module, "_compiler_ctx", None) is not None
         ctx.compile_in_use = is_compiled(module) or compiled_by_lightning
 
-    def _switch_off(self, exc: Exception) -> None:
+    def _switch_off(self) -> None:
+        """Fail-open cleanup of the callback's hooks: stop acting and unwrap the Trainer."""
         self._live = False
         if self._probes is not None:
             self._probes.remove()
-        self._active().failopen.trip(_HOOKS, exc)
 
     def _finish(self, trainer: Any) -> None:
         """Release everything and write the report, once per fit; safe to call repeatedly."""
-        rec = self._recorder
+        session = self._session
         self._live = False
         if self._probes is not None:
             self._probes.remove()
             self._probes = None
-        if rec is None or self._finished:
+        if session is None or self._finished:
             return
         self._finished = True
+        rec = session.recorder
         try:
             if self._step_done:
                 self._step_done = False
@@ -389,8 +391,4 @@ class PerfCallback(*_BASES):  # type: ignore[misc]
             if rec.in_step:
                 rec.abort_step()
         finally:
-            rec.close()
-        if self._speaks:
-            rec.failopen.guard("report_file", write_report)(rec, self._report_dir, trainer)
-            if self.log_recommendations:
-                rec.failopen.guard("summary", log_summary)(rec, self._report_dir)
+            session.close(summary=True)

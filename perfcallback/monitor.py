@@ -1,36 +1,27 @@
 """PerfMonitor: the context manager a raw PyTorch training loop uses.
 
-It owns a :class:`~perfcallback.recorder.StepRecorder`, installs the phase hooks on enter and
-removes them on exit, times batch fetches through :meth:`PerfMonitor.wrap_loader`, and writes
-``perf_report.json`` to ``logdir`` at exit.
+It translates a raw loop's events into engine calls: it installs the phase hooks on enter and
+removes them on exit, and times batch fetches through :meth:`PerfMonitor.wrap_loader`. Options,
+outputs (``perf_report.json``, TensorBoard, traces), rank gating and fail-open are the engine
+session's (:mod:`perfcallback.session`).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
 import torch
 
-from perfcallback.context import (
-    RunContext,
-    is_compiled,
-    loader_facts,
-    optimizer_facts,
-    param_dtype,
-)
+from perfcallback.context import is_compiled, loader_facts, optimizer_facts, param_dtype
 from perfcallback.distributed import rank_and_world
 from perfcallback.hooks import PhaseHooks
-from perfcallback.profiling import ProfileOptions, profiler_for
-from perfcallback.recorder import StepRecorder
+from perfcallback.profiling import ProfileOptions
 from perfcallback.report import Recommendation, Report
-from perfcallback.sinks import CallbackSink, LoggingSink, Sink
-from perfcallback.sinks.tensorboard import TensorBoardSink, tensorboard_sink_or_warn
+from perfcallback.session import EngineSession, SessionOptions
+from perfcallback.sinks import Sink
 
 T = TypeVar("T")
 _RECORDER = "recorder"  # fail-open component name of the loop's calls into the recorder
@@ -135,50 +126,38 @@ class PerfMonitor:
             raise TypeError(
                 f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
             )
-        if on_recommendation is not None and not callable(on_recommendation):
-            raise TypeError("on_recommendation must be callable")
+        options = SessionOptions.from_kwargs(
+            logdir=logdir,
+            warmup_steps=warmup_steps,
+            window_steps=window_steps,
+            on_recommendation=on_recommendation,
+            disabled_rules=disabled_rules,
+            thresholds=thresholds or {},
+            log_recommendations=log_recommendations,
+            sinks=sinks,
+            tensorboard=tensorboard,
+            profile=profile,
+            all_ranks=all_ranks,
+            **recorder_kwargs,
+        )
         self._model, self._optimizer = model, optimizer
-        self.logdir = Path(logdir) if logdir is not None else None
+        self.logdir = options.logdir
         self.rank, world_size = rank_and_world()
-        speaks = all_ranks or self.rank == 0  # logs, traces and files: rank zero unless asked
-        all_sinks: list[Sink] = list(sinks)
-        if log_recommendations and speaks:
-            all_sinks.append(LoggingSink())
-        if on_recommendation is not None:
-            all_sinks.append(CallbackSink(on_recommendation))
-        tb_sink = _tensorboard_sink(self.logdir, tensorboard)
-        if tb_sink is not None:
-            all_sinks.append(tb_sink)
-        context = RunContext(rank=self.rank, world_size=world_size)
+        self.session = EngineSession(options, rank=self.rank, world_size=world_size)
+        self.recorder = self.session.recorder
+        context = self.recorder.context
         if optimizer is not None:
             context.optimizer = optimizer_facts(optimizer)
         if model is not None:  # facts the precision and recompilation rules quote
             context.param_dtype = param_dtype(model)
             context.compile_in_use = is_compiled(model)
-        self.recorder = StepRecorder(
-            warmup_steps=warmup_steps,
-            window_steps=window_steps,
-            sinks=all_sinks,
-            context=context,
-            thresholds=thresholds,
-            disabled_rules=disabled_rules,
-            **recorder_kwargs,
+        # stacklevel 2 from open_outputs: the warning points at the user's PerfMonitor(...) line
+        self.session.open_outputs(
+            report_dir=self.logdir,
+            tensorboard_dir=self.logdir,
+            trace_dir=self.logdir,
+            stacklevel=2,
         )
-        if profile is not None and not isinstance(profile, (bool, ProfileOptions)):
-            raise TypeError(
-                f"profile must be a bool or ProfileOptions, got {type(profile).__name__}"
-            )
-        profiler = profiler_for(
-            self.logdir if speaks else None,
-            profile if speaks else False,
-            warmup_steps=warmup_steps,
-            failopen=self.recorder.failopen,
-        )
-        self._writes_report = self.logdir is not None and speaks
-        if profiler is not None:
-            self.recorder.attach_profiler(profiler)
-            if tb_sink is not None:
-                profiler.on_trace_ready.append(tb_sink.note_capture)
         self._hooks: PhaseHooks | None = None
         self._entered = False
         self._exited = False
@@ -186,7 +165,7 @@ class PerfMonitor:
         self._stepping = False  # the monitor's own view: valid even if the recorder is off
         # The loop's calls into the recorder, each behind the fail-open guard: an internal error
         # switches measuring off ("recorder" in Report.disabled) and training goes on.
-        guard = self.recorder.failopen.guard
+        guard = self.session.failopen.guard
         rec = self.recorder
         self._begin_step, self._end_step = (
             guard(_RECORDER, rec.begin_step),
@@ -221,9 +200,7 @@ class PerfMonitor:
                 self._hooks.remove()
         finally:
             self._exited = True
-            self.recorder.close()
-            if self._writes_report:
-                self.recorder.failopen.guard("report_file", self._write_report)()
+            self.session.close()
         # never suppress the user's exception: return None
 
     # ----------------------------------------------------------------- loop API
@@ -283,32 +260,4 @@ class PerfMonitor:
     # ----------------------------------------------------------------- results
     def report(self) -> Report:
         """Figures and findings for the steps measured so far (inside or after the with-block)."""
-        return self.recorder.report()
-
-    def _write_report(self) -> None:
-        assert self.logdir is not None
-        self.logdir.mkdir(parents=True, exist_ok=True)
-        name = "perf_report.json" if self.rank == 0 else f"perf_report.rank{self.rank}.json"
-        write_json_atomic(self.logdir / name, self.report().to_dict())
-
-
-def _tensorboard_sink(logdir: Path | None, wanted: bool | None) -> TensorBoardSink | None:
-    """The ``tensorboard=`` argument as a sink (see :class:`PerfMonitor`)."""
-    if wanted and logdir is None:
-        raise ValueError("tensorboard=True needs a logdir to write to; pass logdir=...")
-    if logdir is None or wanted is False:
-        return None
-    # stacklevel 3 (here, __init__, user): the warning points at the user's PerfMonitor(...) line
-    return TensorBoardSink(logdir) if wanted else tensorboard_sink_or_warn(logdir, stacklevel=3)
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write ``data`` as JSON to ``path`` via a temporary file, so a crash never truncates it."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+        return self.session.report()

@@ -57,7 +57,7 @@ class WindowPipeline:
         """Evaluate ``stats`` and deliver the resulting events and the summary to every sink."""
         events = self._tracker.update(self.evaluate(stats))
         for i, sink in enumerate(self.sinks):
-            name = f"sink[{i}]:{type(sink).__name__}"
+            name = sink_name(i, sink)
             if not self.failopen.is_on(name):
                 continue
             # Events first, so a sink that writes per window sees the findings of this window.
@@ -91,4 +91,9 @@ class WindowPipeline:
 
     def close(self) -> None:
         for i, sink in enumerate(self.sinks):
-            self.failopen.guard(f"sink[{i}]:{type(sink).__name__}", sink.close)()
+            self.failopen.call(sink_name(i, sink), sink.close)
+
+
+def sink_name(position: int, sink: Sink) -> str:
+    """The fail-open component name of ``sink`` (see :attr:`Sink.failopen_name`)."""
+    return sink.failopen_name or f"sink[{position}]:{type(sink).__name__}"

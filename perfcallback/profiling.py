@@ -38,13 +38,39 @@ import torch
 from perfcallback.capture_policy import ProfileOptions, RegressionDetector
 from perfcallback.failopen import FailOpen
 
-__all__ = ["Capture", "ProfileOptions", "TraceProfiler", "profiler_for"]
+__all__ = ["Capture", "ProfileOptions", "TraceProfiler"]
 
 logger = logging.getLogger("perfcallback")
 
 TRACE_SUFFIX = ".pt.trace.json.gz"  # matches torch_tb_profiler.consts.WORKER_PATTERN
 _EXPORT_JOIN_S = 60.0  # close() waits at most this long for pending exports
 _MB = 2**20
+_COMPONENT = "profiler"  # fail-open name; the recorder guards on_step_end under the same name
+
+# torch runs one profiler session per process: two at once ("Profiler is already enabled on this
+# thread") leave a broken one whose export crashes the process. A TraceProfiler holds this claim
+# from the start of a capture until its export is written.
+_claim_lock = threading.Lock()
+_claim_holder: TraceProfiler | None = None
+
+
+def _claim(profiler: TraceProfiler) -> str | None:
+    """Take the process's one profiler session for ``profiler``; else say who holds it."""
+    global _claim_holder
+    with _claim_lock:
+        if _claim_holder is not None and _claim_holder is not profiler:
+            return "another PerfMonitor or PerfCallback in this process"
+        if torch._C._autograd._profiler_enabled():
+            return "a torch.profiler session outside perfcallback"
+        _claim_holder = profiler
+        return None
+
+
+def _release(profiler: TraceProfiler) -> None:
+    global _claim_holder
+    with _claim_lock:
+        if _claim_holder is profiler:
+            _claim_holder = None
 
 
 @dataclass(slots=True, kw_only=True)
@@ -105,6 +131,7 @@ class TraceProfiler:
         self.root = Path(logdir) / opts.trace_dir
         self.warmup_steps = warmup_steps
         self.failopen = failopen or FailOpen()
+        self.failopen.on_trip(_COMPONENT, self._switch_off)
         self.on_trace_ready: list[Callable[[Capture], object]] = []
         self.captures: deque[Capture] = deque(maxlen=256)  # completed, newest last
         self.worker = f"{socket.gethostname()}_{os.getpid()}"  # tensorboard_trace_handler's name
@@ -120,6 +147,7 @@ class TraceProfiler:
         self._jobs: queue.Queue[tuple[Any, Capture] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._off = False
+        self._told_busy = False  # "another profiler is running" is said once
 
     @property
     def capturing(self) -> bool:
@@ -155,13 +183,14 @@ class TraceProfiler:
             self._next_at = self._warm_end + self.options.start_after
 
     def _guarded(self, fn: Callable[..., Any], *args: Any) -> bool:
-        try:
-            return bool(fn(*args))
-        except Exception as exc:  # fail open: stop profiling, never reach the training loop
-            self.failopen.trip("profiler", exc)
-            self._off = True
-            self._abandon()
-            return True
+        """``fn(*args)`` behind the session's fail-open; a failure counts the step as profiled."""
+        result = self.failopen.call(_COMPONENT, fn, *args)
+        return bool(result) if self.failopen.is_on(_COMPONENT) else True
+
+    def _switch_off(self) -> None:
+        """Cleanup when profiling is switched off after an internal error."""
+        self._off = True
+        self._abandon()
 
     def _begin(self, index: int, reason: str, evidence: dict[str, float]) -> None:
         opts = self.options
@@ -171,6 +200,14 @@ class TraceProfiler:
             self._triggered += 1
             if self._triggered >= opts.max_triggered:
                 self._detector = None
+        holder = _claim(self)
+        if holder is not None:
+            if not self._told_busy:
+                self._told_busy = True
+                logger.warning("perfcallback: %s is already profiling, and torch runs one "
+                               "profiler at a time; this capture is skipped and measuring goes "
+                               "on", holder)
+            return
         first = index + opts.warmup + 1
         capture = Capture(reason=reason, first_step=first, last_step=first + opts.active - 1,
                           evidence=evidence)
@@ -248,6 +285,8 @@ class TraceProfiler:
             s.prof.stop_trace()
         except Exception:  # already failing; the first error was recorded
             logger.debug("perfcallback: profiler cleanup failed", exc_info=True)
+        finally:
+            _release(self)
 
     # ----------------------------------------------------------------- export thread
     def _export_loop(self) -> None:
@@ -257,10 +296,9 @@ class TraceProfiler:
                 self._jobs.task_done()
                 return
             try:
-                self._export(*job)
-            except Exception as exc:  # fail open on the export thread too
-                self.failopen.trip("profiler.export", exc)
+                self.failopen.call("profiler.export", self._export, *job)
             finally:
+                _release(self)  # the next session may start once this one is written
                 self._jobs.task_done()
 
     def _export(self, prof: Any, capture: Capture) -> None:
@@ -287,10 +325,7 @@ class TraceProfiler:
                    "PyTorch Profiler tab or in ui.perfetto.dev)", capture.reason,
                    capture.first_step, capture.last_step, final)
         for fn in list(self.on_trace_ready):
-            try:
-                fn(capture)
-            except Exception as exc:
-                self.failopen.trip(f"on_trace_ready:{getattr(fn, '__name__', fn)}", exc)
+            self.failopen.call(f"on_trace_ready:{getattr(fn, '__name__', fn)}", fn, capture)
 
     def _enforce_retention(self) -> None:
         """Delete the oldest traces this profiler wrote until both bounds hold."""
@@ -333,28 +368,5 @@ class TraceProfiler:
                 logger.warning("perfcallback: trace export still running after %.0f s; "
                                "leaving it to finish in the background", _EXPORT_JOIN_S)
             self._thread = None
-
-
-def profiler_for(
-    logdir: str | os.PathLike[str] | None,
-    profile: bool | ProfileOptions | None,
-    *,
-    warmup_steps: int,
-    failopen: FailOpen,
-) -> TraceProfiler | None:
-    """The monitor's ``profile=`` argument as a profiler: ``None`` = on when a logdir is given.
-
-    Raises:
-        ValueError: profiling was asked for without a ``logdir`` to write to.
-        TypeError: ``profile`` is neither a bool, ``None`` nor :class:`ProfileOptions`.
-    """
-    if profile is None:
-        profile = logdir is not None
-    if profile is False:
-        return None
-    if not isinstance(profile, (bool, ProfileOptions)):
-        raise TypeError(f"profile must be a bool or ProfileOptions, got {type(profile).__name__}")
-    if logdir is None:
-        raise ValueError("profile=... needs a logdir to write traces to; pass logdir=...")
-    options = profile if isinstance(profile, ProfileOptions) else ProfileOptions()
-    return TraceProfiler(logdir, options, warmup_steps=warmup_steps, failopen=failopen)
+        if self._session is None and not self._jobs.unfinished_tasks:
+            _release(self)

@@ -255,7 +255,11 @@ def test_unwritable_logdir_does_not_break_training(tmp_path, caplog) -> None:
             with perf.step():
                 pass
     assert blocker.read_text() == "user data"
-    assert "report_file" in perf.report().disabled
+    assert "not writable" in perf.report().disabled["logdir"]
+    # the user's mistake, told once in one line: no traceback, no request to report it
+    lines = [r for r in caplog.records if r.name == "perfcallback"]
+    assert len(lines) == 1 and "logdir not writable" in lines[0].getMessage()
+    assert lines[0].exc_info is None and "report" not in lines[0].getMessage().lower()
 
 
 def test_a_failing_hook_is_switched_off_and_training_goes_on(caplog) -> None:

@@ -15,7 +15,7 @@ import torch
 
 from perfcallback import PerfMonitor
 from perfcallback.capture_policy import ProfileOptions, RegressionDetector
-from perfcallback.profiling import Capture, TraceProfiler, profiler_for
+from perfcallback.profiling import Capture, TraceProfiler
 
 from _helpers import FakeClock, make_loader, tiny_model
 
@@ -252,13 +252,11 @@ def test_profiler_failures_are_fail_open(tmp_path: Path, monkeypatch: pytest.Mon
     assert "perfcallback-trace-export" not in threads  # joined at exit despite the failure
 
 
-def test_profile_argument() -> None:
-    from perfcallback.failopen import FailOpen
-
-    fo = FailOpen()
-    assert profiler_for(None, None, warmup_steps=0, failopen=fo) is None
-    assert profiler_for("x", False, warmup_steps=0, failopen=fo) is None
-    assert isinstance(profiler_for("x", None, warmup_steps=0, failopen=fo), TraceProfiler)
+def test_profile_argument(tmp_path: Path) -> None:
+    assert PerfMonitor(profile=None).session.profiler is None  # no logdir: nowhere to write
+    assert PerfMonitor(logdir=tmp_path, profile=False, tensorboard=False).session.profiler is None
+    on = PerfMonitor(logdir=tmp_path, profile=None, tensorboard=False).session.profiler
+    assert isinstance(on, TraceProfiler)
     with pytest.raises(ValueError, match="needs a logdir"):
         PerfMonitor(profile=True)
     with pytest.raises(TypeError, match="profile must be a bool or ProfileOptions, got str"):

@@ -18,7 +18,13 @@ _LEVEL = {"info": logging.INFO, "warning": logging.WARNING, "critical": logging.
 
 
 class Sink:
-    """Base class and null sink: override what you need."""
+    """Base class and null sink: override what you need.
+
+    ``failopen_name``, when set, is the name the sink is switched off under after an error
+    (default ``sink[<position>]:<class>``); a name starting ``user:`` marks the user's own code.
+    """
+
+    failopen_name: str | None = None
 
     def on_window(self, stats: WindowStats) -> None:
         """A window of steps was summarised."""
@@ -42,6 +48,8 @@ class LoggingSink(Sink):
 
 class CallbackSink(Sink):
     """Calls a user function ``fn(rec)`` for every new or updated finding."""
+
+    failopen_name = "user:on_recommendation callback"
 
     def __init__(self, fn: Callable[[Recommendation], object]) -> None:
         self._fn = fn

@@ -37,11 +37,10 @@ import collections
 import os
 import sys
 import threading
-import warnings
 from collections.abc import Callable
 from typing import Any
 
-from perfcallback._optional import MissingExtraError, require
+from perfcallback._optional import require
 from perfcallback.distributed import is_rank_zero
 from perfcallback.report import SEVERITY_RANK, Recommendation
 from perfcallback.sinks import Sink
@@ -279,21 +278,3 @@ def _fast_summary_cls(writer: Any) -> Any:
 
 def _is_rank_zero() -> bool:
     return is_rank_zero()
-
-
-def tensorboard_sink_or_warn(
-    logdir: str | os.PathLike[str], *, stacklevel: int = 2, **options: Any
-) -> TensorBoardSink | None:
-    """A sink for ``logdir``, or ``None`` with a warning naming the extra when it is missing.
-
-    ``stacklevel`` is passed to :func:`warnings.warn` as seen from the caller of this function;
-    ``options`` go to :class:`TensorBoardSink`.
-    """
-    try:
-        return TensorBoardSink(logdir, **options)
-    except MissingExtraError as exc:
-        warnings.warn(
-            f"TensorBoard output is off: {exc}. Training and the other outputs go on.",
-            stacklevel=stacklevel + 1,
-        )
-        return None
