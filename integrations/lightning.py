@@ -4,7 +4,9 @@ The callback translates Trainer events into recorder calls and measures nothing 
 Lightning run and a raw loop under ``PerfMonitor`` are measured the same way.
 
 - **Phases**: data (the blocking batch fetch inside Lightning's loop), forward
-  (``training_step``), backward (``on_before_backward``/``on_after_backward``), optimizer (the
+  (``training_step``), backward (``on_before_backward``/``on_after_backward``, so it ends where
+  the backward call returns; under DDP the gradient-sync wait inside it is timed apart by a
+  :class:`~perfcallback.hooks.GradSyncProbe` on the loss), optimizer (the
   strategy's ``optimizer_step``: closure machinery, clipping, scaler; ``zero_grad`` outside it is
   marked from ``on_before_zero_grad`` to the next backward), other. The wrappers that reach into
   the Trainer live in :mod:`perfcallback.integrations._lightning_seams`.
@@ -32,7 +34,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from perfcallback._optional import require
-from perfcallback.context import is_compiled, loader_facts, optimizer_facts, param_dtype
+from perfcallback.context import (
+    ddp_facts,
+    is_compiled,
+    loader_facts,
+    optimizer_facts,
+    param_dtype,
+)
+from perfcallback.hooks import GradSyncProbe
 from perfcallback.integrations._lightning_outputs import StepAxis, logger_sinks, output_targets
 from perfcallback.integrations._lightning_seams import TrainerProbes
 from perfcallback.monitor import batch_size_of
@@ -170,6 +179,7 @@ class PerfCallback(*_BASES):  # type: ignore[misc]
         self._step_done = False  # its optimizer update ran; it ends where the next fetch begins
         self._zero_grad_open = False
         self._finished = False
+        self._on_loss_grad: Callable[[Any], None] | None = None
 
     # ----------------------------------------------------------------- set-up and tear-down
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
@@ -220,6 +230,8 @@ class PerfCallback(*_BASES):  # type: ignore[misc]
     def on_before_backward(self, trainer: Any, pl_module: Any, loss: Any) -> None:
         self._close_zero_grad()
         self._active().phase_start(BACKWARD)
+        if self._on_loss_grad is not None and getattr(loss, "requires_grad", False):
+            loss.register_hook(self._on_loss_grad)  # times DDP's gradient-sync wait
 
     @_hook
     def on_after_backward(self, trainer: Any, pl_module: Any) -> None:
@@ -322,8 +334,11 @@ class PerfCallback(*_BASES):  # type: ignore[misc]
         )
 
     def _attach(self, trainer: Any) -> None:
-        self._probes = TrainerProbes(self._active(), trainer, self._fetch_begins)
-        self._active().install_gc_probe()
+        rec = self._active()
+        self._probes = TrainerProbes(rec, trainer, self._fetch_begins)
+        rec.install_gc_probe()
+        sync = GradSyncProbe(rec, rec.failopen.guard)
+        self._on_loss_grad = rec.failopen.guard("backward_hook", lambda grad: sync.start())
         self._live = True
 
     def _close_step(self) -> None:
@@ -366,6 +381,9 @@ class PerfCallback(*_BASES):  # type: ignore[misc]
         # Lightning unwraps torch.compile(model) and keeps the compile settings on the module.
         compiled_by_lightning = getattr(module, "_compiler_ctx", None) is not None
         ctx.compile_in_use = is_compiled(module) or compiled_by_lightning
+        ddp = ddp_facts(getattr(trainer.strategy, "model", None))
+        if ddp is not None:
+            ctx.extra["ddp"] = ddp
 
     def _switch_off(self) -> None:
         """Fail-open cleanup of the callback's hooks: stop acting and unwrap the Trainer."""

@@ -72,6 +72,20 @@ def optimizer_facts(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     }
 
 
+def ddp_facts(model: object) -> dict[str, Any] | None:
+    """The DDP settings the communication rule quotes, or ``None`` when ``model`` is not DDP."""
+    if not isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        return None
+    cap = getattr(model, "bucket_bytes_cap", None)
+    return {
+        "bucket_cap_mb": cap / 2**20 if isinstance(cap, (int, float)) else None,
+        "gradient_as_bucket_view": bool(getattr(model, "gradient_as_bucket_view", False)),
+        "static_graph": bool(getattr(model, "static_graph", False)),
+        "find_unused_parameters": bool(getattr(model, "find_unused_parameters", False)),
+        "comm_hook": bool(getattr(model, "_comm_hooks", None)),
+    }
+
+
 def host_memory_bytes() -> int | None:
     """Physical memory of the host in bytes (``None`` where ``sysconf`` cannot tell)."""
     try:

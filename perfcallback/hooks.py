@@ -3,9 +3,11 @@
 - forward: a forward pre-hook and an ``always_call`` forward hook on the root module only (nested
   calls of the same module count once).
 - backward: the forward hook registers a gradient hook on the first output tensor that requires
-  grad; when autograd reaches it, backward has started, and it queues an engine callback that runs
-  when the whole backward pass is done (the mechanism DDP uses). The loss's own backward before it
-  reaches the model output counts as "other".
+  grad; when autograd reaches it, backward has started. Backward ends where the user's
+  ``backward()`` call returns: after the autograd engine's final callbacks, which is where DDP's
+  reducer (and FSDP) wait for gradient communication. :class:`GradSyncProbe` times that wait
+  apart, as exposed communication inside backward. The loss's own backward before it reaches the
+  model output counts as "other".
 - optimizer: ``register_step_pre_hook`` / ``register_step_post_hook`` (torch >= 2.0).
 
 Every callback runs behind the recorder's fail-open guard; handles are kept and removed in
@@ -41,6 +43,48 @@ def _first_grad_tensor(output: Any) -> torch.Tensor | None:
     return None
 
 
+class GradSyncProbe:
+    """Times the wait for gradient synchronisation at the end of one backward pass.
+
+    The autograd engine runs its final callbacks in the order they were queued, and a callback
+    queued from a callback runs after every one already queued. :meth:`start` is called from a
+    gradient hook as backward begins, before DDP's reducer queues its ``finalize_backward`` (it
+    does so once the last bucket is ready). So ``_compute_done`` runs first once the graph is
+    done: gradient compute has ended. It queues ``_synced``, which runs after the reducer has
+    waited for the last all-reduce, just before the user's ``backward()`` returns. The time
+    between the two is gradient communication that compute did not hide. Without DDP or FSDP
+    nothing runs in between and the wait is ~0.
+
+    Args:
+        recorder: Receives ``grad_sync_begin``/``grad_sync_end``.
+        guard: The session's fail-open guard; an error here must not reach ``backward()``.
+        then: Called after the sync, on the training thread (PhaseHooks ends backward there).
+    """
+
+    __slots__ = ("_compute_done", "_queue", "_rec", "_synced", "_then")
+
+    def __init__(
+        self, recorder: StepRecorder, guard: Any, then: Callable[[], None] | None = None
+    ) -> None:
+        self._rec, self._then = recorder, then
+        self._queue = torch.autograd.Variable._execution_engine.queue_callback
+        self._compute_done: Callable[[], None] = guard("backward_hook", self._on_compute_done)
+        self._synced: Callable[[], None] = guard("backward_hook", self._on_synced)
+
+    def start(self) -> None:
+        """Backward has begun (call from inside a gradient hook: the engine must be running)."""
+        self._queue(self._compute_done)
+
+    def _on_compute_done(self) -> None:
+        self._rec.grad_sync_begin()
+        self._queue(self._synced)
+
+    def _on_synced(self) -> None:
+        self._rec.grad_sync_end()
+        if self._then is not None:
+            self._then()
+
+
 class PhaseHooks:
     """Installs phase-timing hooks on a model and/or optimizer, feeding ``recorder``."""
 
@@ -56,7 +100,7 @@ class PhaseHooks:
         self._in_backward = False
         guard = recorder.failopen.guard
         self._on_grad: Callable[[torch.Tensor], None] = guard("backward_hook", self._grad_hook)
-        self._end_backward: Callable[[], None] = guard("backward_hook", self._backward_done)
+        self._sync = GradSyncProbe(recorder, guard, then=self._backward_done)
         if model is not None:
             self._install_model(model, guard)
         if optimizer is not None:
@@ -104,7 +148,7 @@ class PhaseHooks:
             return
         self._in_backward = True
         self._rec.phase_start(BACKWARD)
-        torch.autograd.Variable._execution_engine.queue_callback(self._end_backward)
+        self._sync.start()
 
     def _backward_done(self) -> None:
         self._in_backward = False

@@ -15,7 +15,13 @@ from typing import Any, TypeVar
 
 import torch
 
-from perfcallback.context import is_compiled, loader_facts, optimizer_facts, param_dtype
+from perfcallback.context import (
+    ddp_facts,
+    is_compiled,
+    loader_facts,
+    optimizer_facts,
+    param_dtype,
+)
 from perfcallback.distributed import rank_and_world
 from perfcallback.hooks import PhaseHooks
 from perfcallback.profiling import ProfileOptions
@@ -151,6 +157,9 @@ class PerfMonitor:
         if model is not None:  # facts the precision and recompilation rules quote
             context.param_dtype = param_dtype(model)
             context.compile_in_use = is_compiled(model)
+            ddp = ddp_facts(model)
+            if ddp is not None:
+                context.extra["ddp"] = ddp
         # stacklevel 2 from open_outputs: the warning points at the user's PerfMonitor(...) line
         self.session.open_outputs(
             report_dir=self.logdir,

@@ -109,6 +109,8 @@ class StepRecorder:
         self.context = context or RunContext()
         self.profiler: TraceProfiler | None = None  # see attach_profiler()
         self.trace_figures: dict[str, float] = {}  # from the latest capture, see join_capture()
+        # Callables returning more WindowStats fields (the cross-rank comparison), read per window
+        self.window_sources: list[Callable[[], Mapping[str, Any]]] = []
         self.failopen = FailOpen()
         self.pipeline = WindowPipeline(
             context=self.context,
@@ -144,6 +146,8 @@ class StepRecorder:
         self._stack: list[int] = []
         self._t_mark = 0.0
         self._step_t0 = 0.0
+        self._sync_t0 = 0.0  # start of the gradient-sync wait in progress (0: none)
+        self._sync_s = 0.0
         # between steps
         self._data_t0 = 0.0
         self._fetch_t0: float | None = None
@@ -158,6 +162,7 @@ class StepRecorder:
         self._warmup_end = warmup_steps  # steps up to this index are warm-up (moves on resume)
         self._val_t0: float | None = None
         self.profiled_steps = 0  # steps run under the profiler, left out of the figures
+        self.last_profiled_step = 0
 
     # ----------------------------------------------------------------- lifecycle
     def attach_profiler(self, profiler: TraceProfiler) -> None:
@@ -239,6 +244,7 @@ class StepRecorder:
         acc = self._acc
         acc[0] = self._pending_data_s
         acc[1] = acc[2] = acc[3] = acc[4] = 0.0
+        self._sync_s = self._sync_t0 = 0.0
         self._active = OTHER
         self._stack.clear()
         self._t_mark = t
@@ -271,6 +277,18 @@ class StepRecorder:
         if self._cuda is not None:
             self._cuda.mark(self._active)
 
+    def grad_sync_begin(self) -> None:
+        """Backward's gradient compute is done; what follows inside backward is the wait for
+        gradient synchronisation (DDP's reducer, FSDP's reduce-scatter)."""
+        if self._in_step:
+            self._sync_t0 = self.clock()
+
+    def grad_sync_end(self) -> None:
+        """The gradient synchronisation that :meth:`grad_sync_begin` opened is done."""
+        if self._sync_t0:
+            self._sync_s += self.clock() - self._sync_t0
+            self._sync_t0 = 0.0
+
     def end_step(self) -> None:
         """The training iteration finished (after ``optimizer.step()``)."""
         if not self._in_step:
@@ -298,6 +316,7 @@ class StepRecorder:
             self._profiler_step(index, step_s)
         if profiled:
             self.profiled_steps += 1
+            self.last_profiled_step = index
         if index <= self._warmup_end or profiled:
             if index == self._warmup_end:  # compile counters as warm-up ends: later = recompiles
                 self.failopen.guard("compile_counters", self._compile.mark)(index)
@@ -306,10 +325,11 @@ class StepRecorder:
         if self._cuda is not None and index % _CUDA_MEMORY_EVERY == 0:
             cuda = self.failopen.guard("cuda_memory", cuda_memory_snapshot)()
         rss = self._read_rss() or 0
+        sync = self._sync_s
         self._ring.append(
-            StepRecord(index, step_s, acc.copy(), samples, rss, gc_pause, gc_count, t, cuda)
+            StepRecord(index, step_s, acc.copy(), samples, rss, gc_pause, gc_count, t, cuda, sync)
         )
-        self.totals.add_step(acc, step_s, samples, gc_pause, gc_count)
+        self.totals.add_step(acc, step_s, samples, gc_pause, gc_count, sync)
         if self._cuda is not None:
             self.failopen.guard("cuda_timer", self._apply_device)(self._cuda.poll())
         if self.totals.steps % self.window_steps == 0:
@@ -389,6 +409,7 @@ class StepRecorder:
                     r.gc_collections,
                     r.t_end,
                     r.cuda,
+                    r.comm_s,
                 ]
                 for r in self._ring
             ],
@@ -461,6 +482,8 @@ class StepRecorder:
         extra["recent_step_indices"] = tuple(map(_INDEX, ring))
         if self.trace_figures:
             extra["extra"] = dict(self.trace_figures)
+        for source in self.window_sources:
+            extra.update(self.failopen.call("window_source", source) or {})
         self.context.float32_matmul_precision = torch.get_float32_matmul_precision()
         return summarize(records, **extra)
 
@@ -513,7 +536,18 @@ class StepRecorder:
             disabled=dict(self.failopen.disabled),
             validation=totals.validation_summary() if totals.validation_runs else {},
             profiled_steps=self.profiled_steps,
+            communication=self._communication_figures(),
+            ranks=stats.cross_rank.to_report() if stats and stats.cross_rank else {},
         )
+
+    def _communication_figures(self) -> dict[str, float]:
+        """Exposed gradient-sync wait, whole run (distributed runs only)."""
+        totals = self.totals
+        if self.context.world_size <= 1 or not totals.steps:
+            return {}
+        exposed = totals.comm_exposed_s / totals.steps
+        step = totals.step_s / totals.steps
+        return {"exposed_s": exposed, "exposed_share": exposed / step if step > 0 else 0.0}
 
     def _memory_figures(self, stats: WindowStats | None) -> dict[str, float]:
         out: dict[str, float] = {}

@@ -108,6 +108,13 @@ class Report:
         validation: Validation run during training, timed apart from the steps: ``runs``,
             ``total_s``, ``mean_s``; empty when none ran.
         profiled_steps: Steps run under the profiler, left out of every figure above.
+        communication: Under torch.distributed: ``exposed_s``, the mean wait per step for
+            gradient synchronisation at the end of backward (part of ``backward``), and
+            ``exposed_share`` of the step; empty in one process.
+        ranks: On rank zero of a distributed run, every rank's figures keyed by the rank as a
+            string: ``breakdown`` (the same keys as :attr:`breakdown`, whole run),
+            ``comm_exposed_s``, its latest ``window``, ``finished`` and ``missing``; plus
+            ``"straggler"`` with the latest comparison. Empty elsewhere.
     """
 
     steps: int
@@ -123,6 +130,8 @@ class Report:
     disabled: dict[str, str] = field(default_factory=dict)
     validation: dict[str, float] = field(default_factory=dict)
     profiled_steps: int = 0
+    communication: dict[str, float] = field(default_factory=dict)
+    ranks: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (the content of ``perf_report.json``)."""
@@ -140,6 +149,8 @@ class Report:
             "disabled": dict(self.disabled),
             "validation": _jsonable(self.validation),
             "profiled_steps": self.profiled_steps,
+            "communication": _jsonable(self.communication),
+            "ranks": _jsonable(self.ranks),
         }
 
     def __str__(self) -> str:
@@ -179,6 +190,13 @@ class Report:
                 f"  gc: {self.gc.get('collections_per_step', 0.0):.2f} collections/step, "
                 f"{self.gc.get('pause_s_per_step', 0.0) * 1e3:.3f} ms/step paused"
             )
+        if self.communication:
+            lines.append(
+                f"  gradient sync wait (in backward): "
+                f"{self.communication.get('exposed_s', 0.0) * 1e3:.3f} ms/step, "
+                f"{self.communication.get('exposed_share', 0.0):.1%} of the step"
+            )
+        lines.extend(_ranks_table(self.ranks))
         if self.recommendations:
             lines.append("recommendations:")
             lines.extend(f"  {r.one_line()}" for r in self.recommendations)
@@ -197,6 +215,33 @@ class Report:
         for component, reason in self.disabled.items():
             lines.append(f"  (switched off after an internal error: {component}: {reason})")
         return "\n".join(lines)
+
+
+def _ranks_table(ranks: dict[str, dict[str, Any]]) -> list[str]:
+    """The per-rank table of ``str(report)`` (whole-run ms/step per phase)."""
+    rows = {k: v for k, v in ranks.items() if k.isdigit()}
+    if not rows:
+        return []
+    lines = ["  per rank (ms/step, whole run):",
+             "  rank " + "".join(f"{p:>10}" for p in (*PHASES, "step")) + f"{'sync wait':>11}"]
+    for key in sorted(rows, key=int):
+        entry = rows[key]
+        if "breakdown" not in entry:
+            lines.append(f"  {key:>4}  missing: never heard from")
+            continue
+        b = entry["breakdown"]
+        cells = "".join(f"{b.get(p, 0.0) * 1e3:>10.3f}" for p in (*PHASES, "step"))
+        note = " (missing)" if entry.get("missing") else ""
+        lines.append(f"  {key:>4} {cells}{entry.get('comm_exposed_s', 0.0) * 1e3:>11.3f}{note}")
+    straggler = ranks.get("straggler") or {}
+    if straggler.get("slowest_rank") is not None:
+        lines.append(
+            f"  slowest: rank {straggler['slowest_rank']} in {straggler.get('slow_phase')} "
+            f"(+{straggler.get('spread_s', 0.0) * 1e3:.2f} ms of work per step, "
+            f"slowest in {straggler.get('slowest_count', 0)} of the last "
+            f"{straggler.get('rounds', 0)} windows)"
+        )
+    return lines
 
 
 def _finite_or_none(x: float | None) -> float | None:

@@ -36,6 +36,7 @@ import torch
 from perfcallback._optional import MissingExtraError, require
 from perfcallback.clock import Clock, host_clock
 from perfcallback.context import RunContext
+from perfcallback.distributed import RankExchange, default_store
 from perfcallback.failopen import FailOpen
 from perfcallback.profiling import ProfileOptions, TraceProfiler
 from perfcallback.recorder import StepRecorder
@@ -43,6 +44,7 @@ from perfcallback.report import Recommendation, Report
 from perfcallback.rules import check_disabled
 from perfcallback.rules.thresholds import validate_overrides
 from perfcallback.sinks import CallbackSink, LoggingSink, Sink
+from perfcallback.sinks.crossrank import CrossRankSink
 from perfcallback.sinks.tensorboard import TensorBoardSink
 
 logger = logging.getLogger("perfcallback")
@@ -74,6 +76,8 @@ class SessionOptions:
         all_ranks: Under torch.distributed, also log, capture and write files off rank zero.
         cuda: Time the device side with CUDA events; ``None``: when the run is on CUDA.
         clock: Host clock in seconds; injectable for exact tests.
+        rank_timeout_s: Under torch.distributed, a rank not heard from for this long is reported
+            missing (see :mod:`perfcallback.distributed`).
 
     Raises:
         ValueError: a number is out of range, or a rule name or threshold is unknown.
@@ -97,6 +101,7 @@ class SessionOptions:
     all_ranks: bool = False
     cuda: bool | None = None
     clock: Clock = host_clock
+    rank_timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise once, here
@@ -138,6 +143,10 @@ class SessionOptions:
             raise TypeError(
                 f"profile must be a bool or ProfileOptions, got {type(self.profile).__name__}"
             )
+        if isinstance(self.rank_timeout_s, bool) or not (
+            isinstance(self.rank_timeout_s, (int, float)) and self.rank_timeout_s > 0
+        ):
+            raise ValueError(f"rank_timeout_s must be a number > 0, got {self.rank_timeout_s!r}")
         if not callable(self.clock):
             raise TypeError(f"clock must be a callable returning seconds, got {self.clock!r}")
 
@@ -217,10 +226,27 @@ class EngineSession:
         if device_type is not None:
             context.device_type = device_type
         self.failopen: FailOpen = self.recorder.failopen
+        self.cross_rank: CrossRankSink | None = None
+        if world_size > 1:
+            self.failopen.call("cross_rank", self._start_exchange)
         self.report_dir: Path | None = None
         self.tensorboard: TensorBoardSink | None = None
         self.profiler: TraceProfiler | None = None
         self._closed = False
+
+    def _start_exchange(self) -> None:
+        store = default_store()
+        if store is None:
+            logger.info("perfcallback: no torch.distributed store on rank %d; ranks are not "
+                        "compared (each rank measures itself)", self.rank)
+            return
+        exchange = RankExchange(store, self.rank, self.world_size,
+                                timeout_s=self.options.rank_timeout_s)
+        sink = CrossRankSink(exchange, self.recorder)
+        self.cross_rank = sink
+        self.recorder.sinks.append(sink)
+        if self.rank == 0:
+            self.recorder.window_sources.append(sink.window_fields)
 
     @property
     def context(self) -> RunContext:

@@ -10,6 +10,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from perfcallback.ranks import CrossRank
 
 # Indices into StepRecord.phases; "other" is derived (step wall time minus the measured phases).
 DATA, FORWARD, BACKWARD, OPTIMIZER, OTHER = range(5)
@@ -20,6 +24,7 @@ class StepRecord:
     """One measured step. Slotted and positional: it is built once per step on the hot path."""
 
     __slots__ = (
+        "comm_s",
         "cuda",
         "gc_collections",
         "gc_pause_s",
@@ -42,6 +47,7 @@ class StepRecord:
         gc_collections: int,
         t_end: float,
         cuda: dict[str, float] | None = None,
+        comm_s: float = 0.0,
     ) -> None:
         self.index = index
         self.step_s = step_s
@@ -52,6 +58,7 @@ class StepRecord:
         self.gc_collections = gc_collections
         self.t_end = t_end
         self.cuda = cuda
+        self.comm_s = comm_s  # exposed gradient-sync wait inside backward (see hooks.py)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -78,6 +85,12 @@ class WindowStats:
     host_rss_r2: float | None = None  # how well a straight line fits RSS over the steps (0..1)
     gc_pause_s: float = 0.0
     gc_collections_per_step: float = 0.0
+    # Mean wait per step for gradient synchronisation at the end of backward (DDP's reducer, FSDP),
+    # part of the backward phase: the communication compute did not hide, as this rank saw it.
+    comm_exposed_s: float = 0.0
+    # Its 25th percentile over the window: the wait that recurs every step (the network's share).
+    # A wait that comes and goes is mostly the other ranks' step-to-step jitter, not bandwidth.
+    comm_floor_s: float = 0.0
     device_step_s: float | None = None
     device_phase_s: dict[str, float] | None = None
     cuda_allocated_bytes: float | None = None
@@ -100,6 +113,9 @@ class WindowStats:
     # Figures from other sources joined into the window (trace captures, cross-rank gathers),
     # keyed by the names in EXTRA_KEYS.
     extra: dict[str, float] = field(default_factory=dict)
+    # Every rank's latest window as rank zero last read it, compared (None: one process, or not
+    # rank zero, or nothing exchanged yet). See perfcallback.ranks.
+    cross_rank: CrossRank | None = None
 
     def share(self, phase: str) -> float:
         """Share of the mean step spent in ``phase`` (0 when the step time is 0)."""
@@ -203,6 +219,8 @@ def summarize(records: Sequence[StepRecord], **extra_fields: object) -> WindowSt
         "samples_per_s": samples / total if samples and total > 0 else None,
         "gc_pause_s": sum(r.gc_pause_s for r in records) / n,
         "gc_collections_per_step": sum(r.gc_collections for r in records) / n,
+        "comm_exposed_s": sum(r.comm_s for r in records) / n,
+        "comm_floor_s": percentile(sorted(r.comm_s for r in records), 25),
     }
     if rss:
         fields["host_rss_bytes"] = float(rss[-1].rss_bytes)

@@ -28,10 +28,18 @@ class RunTotals:
         self.device_steps = 0
         self.validation_s = 0.0
         self.validation_runs = 0
+        self.comm_exposed_s = 0.0
 
     def add_step(
-        self, phases: Sequence[float], step_s: float, samples: int, gc_pause_s: float, gc_n: int
+        self,
+        phases: Sequence[float],
+        step_s: float,
+        samples: int,
+        gc_pause_s: float,
+        gc_n: int,
+        comm_s: float = 0.0,
     ) -> None:
+        self.comm_exposed_s += comm_s
         totals = self.phase_s
         for i in range(_N_PHASES):
             totals[i] += phases[i]
@@ -105,6 +113,7 @@ class RunTotals:
             "gc_totals": dict(self.gc),
             "device": [list(self.device_phase_s), self.device_step_s, self.device_steps],
             "validation": [self.validation_s, self.validation_runs],
+            "comm_exposed_s": self.comm_exposed_s,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -116,3 +125,4 @@ class RunTotals:
         dev_totals, self.device_step_s, self.device_steps = state["device"]
         self.device_phase_s = [float(x) for x in dev_totals]
         self.validation_s, self.validation_runs = state["validation"]
+        self.comm_exposed_s = float(state.get("comm_exposed_s", 0.0))

@@ -107,6 +107,7 @@ DEFAULTS: dict[str, float] = {
     "straggler.slow_rank.info": 0.05,  # (max - min) / mean step time across ranks
     "straggler.slow_rank.warning": 0.10,  # every rank waits this long for the slowest each step
     "straggler.slow_rank.critical": 0.30,
+    "straggler.slow_rank.persistence": 0.6,  # share of recent windows the same rank led (live)
 }
 
 

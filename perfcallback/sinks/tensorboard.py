@@ -26,6 +26,10 @@ Tag scheme (units in the name; MB means MiB):
     perf/gc/pause_ms, perf/gc/collections_per_step
     perf/compile/<recompiles|graph_breaks> (when counted)
     perf/trace/<key> (figures joined from profiler traces; keys in stats.EXTRA_KEYS)
+    perf/comm/exposed_ms (gradient-sync wait inside backward, under DDP/FSDP)
+    perf/ranks/<rank>/step_ms, perf/ranks/<rank>/phase/<phase>_ms,
+    perf/ranks/<rank>/comm_exposed_ms, perf/ranks/step_spread_pct, perf/ranks/slowest_rank,
+    perf/ranks/missing (rank zero, from the cross-rank exchange: every rank's latest window)
     perf/recommendations/<category>: severity of the active finding, 0 none, 1 info, 2 warning,
         3 critical; written every window for each category seen in the run
     Text: perf/recommendations (markdown table), perf/profiler_traces (captured traces)
@@ -226,6 +230,27 @@ def window_scalars(stats: WindowStats) -> list[tuple[str, float]]:
         if value is not None:
             out.append((f"perf/compile/{name}", float(value)))
     out += [(f"perf/trace/{key}", float(value)) for key, value in sorted(stats.extra.items())]
+    if stats.comm_exposed_s:
+        out.append(("perf/comm/exposed_ms", stats.comm_exposed_s * 1e3))
+    out += rank_scalars(stats)
+    return out
+
+
+def rank_scalars(stats: WindowStats) -> list[tuple[str, float]]:
+    """Per-rank figures of rank zero's latest cross-rank comparison, and their spread."""
+    cr = stats.cross_rank
+    if cr is None:
+        return []
+    out: list[tuple[str, float]] = []
+    for rank, s in sorted(cr.ranks.items()):
+        out.append((f"perf/ranks/{rank}/step_ms", s.step_s * 1e3))
+        out += [(f"perf/ranks/{rank}/phase/{name}_ms", secs * 1e3)
+                for name, secs in zip(PHASE_NAMES, s.phase_s, strict=True)]
+        out.append((f"perf/ranks/{rank}/comm_exposed_ms", s.comm_exposed_s * 1e3))
+    if cr.slowest_rank is not None:
+        out.append(("perf/ranks/step_spread_pct", cr.spread_pct))
+        out.append(("perf/ranks/slowest_rank", float(cr.slowest_rank)))
+    out.append(("perf/ranks/missing", float(len(cr.missing))))
     return out
 
 
