@@ -203,7 +203,9 @@ def compare_ranks(
     Ranks that finished are listed but not compared; nor is a round whose windows overlap a
     profiler capture on any rank.
     """
-    active = [s for r, s in sorted(summaries.items()) if not s.finished and r not in missing]
+    # keyed by the rank the summary came from (its key), whatever the payload says
+    active = [s for r, s in sorted(summaries.items())
+              if not s.finished and r not in missing and s.rank == r]
     base = CrossRank(world_size=world_size, ranks=dict(summaries), missing=missing)
     if len(active) < 2:
         return base

@@ -47,7 +47,9 @@ def test_finished_missing_and_profiled_ranks_are_not_compared() -> None:
     a = summary(0, (0.0, 0.01, 0.01, 0.0, 0.0), 0.0)
     b = summary(1, (0.0, 0.02, 0.01, 0.0, 0.0), 0.0, finished=True)
     assert compare_ranks(2, {0: a, 1: b}, ()).slowest_rank is None
-    assert compare_ranks(3, {0: a, 2: a}, (1,)).missing == (1,)
+    c = summary(2, (0.0, 0.01, 0.01, 0.0, 0.0), 0.0)
+    assert compare_ranks(3, {0: a, 2: c}, (1,)).missing == (1,)
+    assert compare_ranks(2, {0: a, 1: a}, ()).slowest_rank is None  # a payload under another key
     captured = summary(1, (0.0, 0.02, 0.01, 0.0, 0.0), 0.0, last_capture_step=25)
     history = StragglerHistory()
     cr = compare_ranks(2, {0: a, 1: captured}, (), history)
