@@ -42,6 +42,7 @@ from perfcallback.trace.kernels import (
     launch_stats,
     name_types,
 )
+from perfcallback.trace.load import dropped_text
 from perfcallback.trace.steps import (
     StepFigures,
     StepRange,
@@ -273,6 +274,8 @@ def _notes(
     rt: RankTrace, temporal: TemporalBreakdown | None, comm: list[Interval], steps: Sequence[Any]
 ) -> tuple[str, ...]:
     notes = []
+    if rt.dropped:
+        notes.append("implausible events left out: " + dropped_text(rt.dropped))
     if temporal is None:
         notes.append("no GPU kernels, copies or sets: the temporal breakdown, overlap, kernel and "
                      "launch figures cannot be computed")
@@ -323,9 +326,15 @@ def analyze(traces: Mapping[int, RankTrace], *, source: str = "", steps: StepRan
         TraceError: ``steps`` selects no ProfilerStep of some rank.
     """
     ranks = {rank: analyze_rank(rt, steps) for rank, rt in sorted(traces.items())}
+    return combine(ranks, source=source, skipped=skipped, notes=notes)
+
+
+def combine(ranks: Mapping[int, RankAnalysis], *, source: str = "", skipped: Sequence[str] = (),
+            notes: Sequence[str] = ()) -> TraceAnalysis:
+    """The :class:`TraceAnalysis` of analysed ranks: adds the cross-rank figures."""
     cross = cross_rank(ranks)
     extra = list(notes)
     if len(ranks) > 1 and cross.straggler_spread_pct is None:
         extra.append("fewer than two ranks with steps: straggler spread cannot be computed")
-    return TraceAnalysis(source=source, ranks=ranks, cross=cross, skipped=tuple(skipped),
-                         notes=tuple(extra))
+    return TraceAnalysis(source=source, ranks=dict(sorted(ranks.items())), cross=cross,
+                         skipped=tuple(skipped), notes=tuple(extra))
