@@ -2,13 +2,19 @@
 
 ``main(argv)`` returns an exit status and is what tests call; only this module prints. Bad input
 (a :class:`~perfcallback.trace.TraceError`) becomes one line on stderr and exit status 2, never a
-traceback; usage errors exit 2 through argparse.
+traceback; usage errors exit 2 through argparse. An unexpected exception (a bug) is one line too,
+with exit status 3; ``PERFCALLBACK_DEBUG=1`` shows its traceback. Everything printed passes
+through :func:`~perfcallback.trace.render.safe_text`: kernel names and paths come from the trace.
+
+This module and ``perfcallback.trace`` never import torch (tests/test_cli.py checks it), so
+``perfcallback analyze`` starts in a fraction of a second.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -16,7 +22,10 @@ from typing import Any
 from perfcallback._version import __version__
 
 EXIT_BAD_INPUT = 2
-_PROGRESS_MIN_BYTES = 8 * 2**20  # smaller inputs load too fast to need a progress line
+EXIT_BUG = 3
+_PROGRESS_MIN_BYTES = 100 * 2**20  # ~1 s to read: below it a progress bar is only flicker
+_PROGRESS_MIN_FILES = 8  # a folder of this many ranks takes long enough to show progress
+_BAR_WIDTH = 24
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,6 +60,9 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="leave out unreadable or invalid trace files and analyse the rest")
     p.add_argument("--allow-cpu-only", action="store_true",
                    help="analyse traces without GPU events (GPU figures show as n/a)")
+    p.add_argument("--max-trace-mb", type=_max_mb_arg, default=None, metavar="MB",
+                   help="refuse a trace file that decompresses to more than MB megabytes "
+                        "(default 2048; 0: no limit); bounds memory on hostile input")
 
 
 def _steps_arg(text: str) -> tuple[int | None, int | None]:
@@ -60,6 +72,16 @@ def _steps_arg(text: str) -> tuple[int | None, int | None]:
         return parse_steps(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _max_mb_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number of MB, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -79,18 +101,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         _clear_progress()
         hint = " (pass --allow-cpu-only to analyse the host side)" if err.problem.startswith(
             "no GPU events") else ""
-        print(f"perfcallback: error: {err}{hint}", file=sys.stderr)
+        _err(f"perfcallback: error: {err}{hint}")
         return EXIT_BAD_INPUT
+    except Exception as exc:  # a bug: one line for the user, the traceback on request
+        if os.environ.get("PERFCALLBACK_DEBUG"):
+            raise
+        _clear_progress()
+        _err(f"perfcallback: internal error: {type(exc).__name__}: {exc} (set "
+             "PERFCALLBACK_DEBUG=1 for the traceback, and please report it)")
+        return EXIT_BUG
+
+
+def _out(text: str) -> None:
+    from perfcallback.trace.render import safe_text
+
+    print(safe_text(text, keep_newlines=True))
+
+
+def _err(line: str) -> None:
+    from perfcallback.trace.render import safe_text
+
+    print(" ".join(safe_text(line).split()), file=sys.stderr)
 
 
 def _load(path: str, args: argparse.Namespace) -> Any:
     from perfcallback.trace import analyze_path
+    from perfcallback.trace.parse import MIB, TraceLimits
 
+    limits = TraceLimits() if args.max_trace_mb is None else TraceLimits(
+        max_bytes=args.max_trace_mb * MIB)
     analysis = analyze_path(path, steps=args.steps, skip_bad=args.skip_bad,
-                            require_gpu=not args.allow_cpu_only, progress=_progress_fn(path))
+                            require_gpu=not args.allow_cpu_only, progress=_progress_fn(path),
+                            limits=limits)
     _clear_progress()
     for skipped in analysis.skipped:
-        print(f"perfcallback: skipped {skipped}", file=sys.stderr)
+        _err(f"perfcallback: skipped {skipped}")
     return analysis
 
 
@@ -105,7 +150,7 @@ def _analyze(args: argparse.Namespace) -> int:
         raise TraceError(args.path, f"no rank {args.rank} in this trace (ranks: {have})")
 
     def rule_failed(rule_id: str, exc: Exception) -> None:
-        print(f"perfcallback: rule {rule_id} failed and was skipped: {exc!r}", file=sys.stderr)
+        _err(f"perfcallback: rule {rule_id} failed and was skipped: {exc!r}")
 
     recs = recommend(analysis, on_error=rule_failed)
     if args.json:
@@ -113,9 +158,9 @@ def _analyze(args: argparse.Namespace) -> int:
         if args.rank is not None:
             payload["ranks"] = {str(args.rank): payload["ranks"][str(args.rank)]}
         payload["recommendations"] = [r.to_dict() for r in recs]
-        print(json.dumps(payload, indent=2))
+        _out(json.dumps(payload, indent=2))  # ASCII: json escapes every control character
     else:
-        print(render_analysis(analysis, recs, rank=args.rank))
+        _out(render_analysis(analysis, recs, rank=args.rank))
     return 0
 
 
@@ -124,7 +169,7 @@ def _diff(args: argparse.Namespace) -> int:
     from perfcallback.trace.render import render_diff
 
     result = diff_analyses(_load(args.a, args), _load(args.b, args))
-    print(json.dumps(result.to_dict(), indent=2) if args.json else render_diff(result))
+    _out(json.dumps(result.to_dict(), indent=2) if args.json else render_diff(result))
     return 0
 
 
@@ -132,22 +177,31 @@ _progress_shown = False
 
 
 def _progress_fn(path: str) -> Any:
-    """A progress printer for large inputs when stderr is a terminal; else ``None``."""
+    """A progress bar on stderr for long reads (large files, many ranks), only on a terminal.
+
+    No dependency: one line rewritten with ``\\r``, cleared before anything else is printed.
+    """
     from perfcallback.trace import find_trace_files
 
     if not sys.stderr.isatty():
         return None
     try:
         files, _ = find_trace_files(path)
+        sizes = {f.name: f.stat().st_size for f in files}
     except Exception:  # errors are reported by the load itself
         return None
-    if sum(f.stat().st_size for f in files) < _PROGRESS_MIN_BYTES:
+    total = sum(sizes.values())
+    if total < _PROGRESS_MIN_BYTES and len(files) < _PROGRESS_MIN_FILES:
         return None
+    done: dict[str, int] = {}
 
-    def show(name: str, done: int, size: int) -> None:
+    def show(name: str, read: int, size: int) -> None:
         global _progress_shown
-        pct = 100.0 * done / size if size else 100.0
-        sys.stderr.write(f"\rreading {name}: {pct:5.1f}%")
+        done[name] = min(read, size)
+        frac = sum(done.values()) / total if total else 1.0
+        filled = int(frac * _BAR_WIDTH)
+        sys.stderr.write(f"\r[{'#' * filled}{'.' * (_BAR_WIDTH - filled)}] {100 * frac:3.0f}% "
+                         f"reading {len(done)}/{len(files)} files")
         sys.stderr.flush()
         _progress_shown = True
 

@@ -2,6 +2,11 @@
 
 The monitor fills these in as it learns them (the loader when it is wrapped, the optimizer when it
 is given); rules read them to tailor the fix to the user's actual settings.
+
+torch is imported where a function needs it, not at module level: the trace analyser
+(``perfcallback analyze``) builds a context for the rules without torch, and then reports what it
+cannot know (the host's cores, the torch settings) as unknown rather than quoting the analysing
+machine's.
 """
 
 from __future__ import annotations
@@ -11,9 +16,32 @@ import os
 import sys
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-import torch
+if TYPE_CHECKING:
+    import torch
+
+
+def _loaded_torch() -> Any:
+    """torch when this process has imported it (every live run), else ``None`` (trace analysis)."""
+    return sys.modules.get("torch")
+
+
+def _torch_version() -> str:
+    torch = _loaded_torch()
+    return str(torch.__version__) if torch is not None else "unknown"
+
+
+def _matmul_precision() -> str:
+    torch = _loaded_torch()
+    return str(torch.get_float32_matmul_precision()) if torch is not None else "unknown"
+
+
+def usable_cpu_count() -> int:
+    """Cores this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 @dataclass(slots=True, kw_only=True)
@@ -21,9 +49,9 @@ class RunContext:
     """What the rules know about the environment. Mutable: facts arrive during the run."""
 
     device_type: str = "cpu"
-    cpu_count: int = field(default_factory=lambda: len(os.sched_getaffinity(0))
-                           if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
-    torch_version: str = torch.__version__
+    # None: unknown, e.g. a trace analysed on another machine (never quote the analyser's cores)
+    cpu_count: int | None = field(default_factory=usable_cpu_count)
+    torch_version: str = field(default_factory=_torch_version)
     world_size: int = 1
     rank: int = 0
     loader: dict[str, Any] | None = None
@@ -33,7 +61,7 @@ class RunContext:
     host_memory_bytes: int | None = field(default_factory=lambda: host_memory_bytes())
     gc_threshold: tuple[int, ...] = field(default_factory=gc.get_threshold)
     # Precision facts (CUDA only): refreshed once per window by the recorder.
-    float32_matmul_precision: str = field(default_factory=torch.get_float32_matmul_precision)
+    float32_matmul_precision: str = field(default_factory=_matmul_precision)
     autocast_seen: bool | None = None  # autocast active in a sampled forward; None = not sampled
     param_dtype: str | None = None  # dtype of most of the model's parameters, e.g. "float32"
     cuda_capability: tuple[int, int] | None = None
@@ -47,6 +75,8 @@ class RunContext:
 
 def loader_facts(loader: object) -> dict[str, Any] | None:
     """DataLoader settings that rules quote back (``None`` for a plain iterable)."""
+    import torch.utils.data
+
     if not isinstance(loader, torch.utils.data.DataLoader):
         return None
     return {
@@ -179,6 +209,8 @@ class CompileProbe:
 
 def autocast_active(device_type: str = "cuda") -> bool:
     """Whether autocast is on for ``device_type`` at this point of the program."""
+    import torch
+
     try:
         return bool(torch.is_autocast_enabled(device_type))
     except TypeError:  # older torch: no device argument, CUDA autocast only

@@ -136,7 +136,18 @@ def test_progress_only_on_a_terminal(capsys: pytest.CaptureFixture[str],
     assert "reading" not in err  # capsys' stderr is not a terminal
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     code, _, err = _run(capsys, "analyze", str(TWO_RANKS))
-    assert code == 0 and "reading rank-0.json.gz: 100.0%" in err
+    assert code == 0 and f"[{'#' * cli._BAR_WIDTH}] 100% reading 2/2 files" in err
+    assert err.endswith("\r\033[K")  # cleared before the report
+
+
+def test_progress_waits_for_a_large_input(capsys: pytest.CaptureFixture[str],
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    code, _, err = _run(capsys, "analyze", str(TWO_RANKS))  # 2 small files: no bar
+    assert code == 0 and "reading" not in err
+    monkeypatch.setattr(cli, "_PROGRESS_MIN_FILES", 2)  # many ranks: a bar
+    code, _, err = _run(capsys, "analyze", str(TWO_RANKS))
+    assert code == 0 and "reading 1/2 files" in err
 
 
 def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:

@@ -18,8 +18,14 @@ from perfcallback.stats import WindowStats
 _MAX_SUGGESTED_WORKERS = 8  # beyond ~8 workers per process, returns fade and shared memory grows
 
 
-def suggested_workers(cpu_count: int) -> int:
-    """Half the usable cores (the rest run the main process and its intra-op threads), 1..8."""
+def suggested_workers(cpu_count: int | None) -> int:
+    """Half the usable cores (the rest run the main process and its intra-op threads), 1..8.
+
+    With the core count unknown (a trace analysed offline), the cap: the fix text then says
+    "up to half the training host's cores" instead of quoting a number of cores.
+    """
+    if cpu_count is None:
+        return _MAX_SUGGESTED_WORKERS
     return max(1, min(_MAX_SUGGESTED_WORKERS, cpu_count // 2))
 
 
@@ -49,7 +55,12 @@ def dataloader_stall(
 
 def _fix(ctx: RunContext) -> str:
     """The concrete change, quoting the user's loader settings and core count."""
-    cores, target = ctx.cpu_count, suggested_workers(ctx.cpu_count)
+    target = suggested_workers(ctx.cpu_count)
+    # offline, the analysing machine's cores say nothing about the training host's
+    cores = (f"you have {ctx.cpu_count} cores" if ctx.cpu_count is not None
+             else "at most half the training host's cores")
+    your_cores = (f"your {ctx.cpu_count} cores" if ctx.cpu_count is not None
+                  else "the training host's cores")
     cuda = ctx.device_type == "cuda"
     loader = ctx.loader
     if loader is None:
@@ -57,7 +68,7 @@ def _fix(ctx: RunContext) -> str:
             "The batches do not come from a torch.utils.data.DataLoader: load them with "
             f"DataLoader(dataset, num_workers={target}, persistent_workers=True"
             + (", pin_memory=True" if cuda else "")
-            + f") (you have {cores} cores) so batches are prepared while the model trains."
+            + f") ({cores}) so batches are prepared while the model trains."
         )
     known = loader.get("num_workers")  # None: unknown (e.g. a trace shows only "workers > 0")
     workers = int(known or 0)
@@ -77,9 +88,9 @@ def _fix(ctx: RunContext) -> str:
         changes.append(f"prefetch_factor=4 (now {prefetch})")
     if known is None or workers >= target:
         tail = (
-            f"Workers already use half or more of your {cores} cores, so the per-sample work is "
+            f"Workers already use half or more of {your_cores}, so the per-sample work is "
             "too slow: pre-process or cache the dataset, decode/augment in batches (or on the "
             "GPU), and avoid per-item Python work in __getitem__ and collate_fn."
         )
         return f"{settings}. " + (f"Set {', '.join(changes)}. " if changes else "") + tail
-    return f"{settings}. Set {', '.join(changes)} (you have {cores} cores)."
+    return f"{settings}. Set {', '.join(changes)} ({cores})."

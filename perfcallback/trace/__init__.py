@@ -12,23 +12,34 @@ training; :func:`perfcallback.trace.diff.diff_analyses` compares two runs. Bad i
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
-from perfcallback.trace.analysis import RankAnalysis, TraceAnalysis, analyze, analyze_rank
+from perfcallback.trace.analysis import (
+    RankAnalysis,
+    TraceAnalysis,
+    analyze,
+    analyze_rank,
+    combine,
+)
 from perfcallback.trace.errors import TraceError
 from perfcallback.trace.load import (
     FileProgress,
     TraceSet,
+    assign_ranks,
     find_trace_files,
+    load_each,
     load_rank_trace,
     load_trace_set,
 )
+from perfcallback.trace.parse import DEFAULT_LIMITS, TraceLimits
 from perfcallback.trace.steps import StepRange, parse_steps
 
 __all__ = [
     "RankAnalysis",
     "TraceAnalysis",
     "TraceError",
+    "TraceLimits",
     "TraceSet",
     "analyze",
     "analyze_path",
@@ -47,8 +58,13 @@ def analyze_path(
     skip_bad: bool = False,
     require_gpu: bool = True,
     progress: FileProgress | None = None,
+    limits: TraceLimits = DEFAULT_LIMITS,
 ) -> TraceAnalysis:
-    """Load and analyse the trace(s) at ``path``.
+    """Load and analyse the trace(s) at ``path``, one file at a time.
+
+    Each file is reduced to its :class:`RankAnalysis` before the next is read, so memory is
+    bounded by the largest file (see :class:`~perfcallback.trace.parse.TraceLimits`), not by
+    the number of ranks.
 
     Args:
         path: A ``.json``/``.json.gz`` trace, a folder of per-rank traces, or a log folder.
@@ -58,10 +74,15 @@ def analyze_path(
         require_gpu: Treat a trace without GPU events as bad; ``False`` analyses its host side
             and reports the GPU figures as ``None``.
         progress: Called as ``(file name, bytes read, file size)`` while reading.
+        limits: Size caps per file; the default bounds memory on any input.
 
     Raises:
         TraceError: Bad input (see :func:`perfcallback.trace.load.load_trace_set`).
     """
-    loaded = load_trace_set(path, skip_bad=skip_bad, require_gpu=require_gpu, progress=progress)
-    return analyze(loaded.ranks, source=str(path), steps=steps, skipped=loaded.skipped,
-                   notes=loaded.notes)
+    analysed, skipped, notes = load_each(
+        path, lambda rt: analyze_rank(rt, steps), skip_bad=skip_bad, require_gpu=require_gpu,
+        progress=progress, limits=limits)
+    if len(analysed) == 1 and analysed[0].rank < 0:  # a lone trace without a rank: rank 0
+        analysed[0] = dataclasses.replace(analysed[0], rank=0)
+    ranks = assign_ranks(Path(path), analysed)
+    return combine(ranks, source=str(path), skipped=skipped, notes=notes)

@@ -42,6 +42,7 @@ from perfcallback.trace.kernels import (
     launch_stats,
     name_types,
 )
+from perfcallback.trace.load import dropped_text
 from perfcallback.trace.steps import (
     StepFigures,
     StepRange,
@@ -86,6 +87,10 @@ class RankAnalysis:
     h2d_pageable_pct: float | None
     notes: tuple[str, ...]
     kernel_us_by_name: dict[str, float]  # summed time of every kernel name (for diffs)
+    # The whole trace, for traces without ProfilerStep# markers (torch.profiler used without a
+    # schedule): first to last host or GPU event we keep, and DataLoader __next__ time in it.
+    trace_span_us: float | None = None
+    trace_data_us: float = 0.0
 
     def _per_step(self, attr: str) -> float | None:
         if not self.steps:
@@ -102,7 +107,12 @@ class RankAnalysis:
 
     @property
     def data_share_pct(self) -> float | None:
-        return self._step_share("data_us") if self.dataloader_iter is not None else None
+        """DataLoader time over step time; over the whole trace when it has no steps."""
+        if self.dataloader_iter is None:
+            return None
+        if not self.steps and self.trace_span_us:
+            return 100.0 * self.trace_data_us / self.trace_span_us
+        return self._step_share("data_us")
 
     @property
     def gpu_util_pct(self) -> float | None:
@@ -230,7 +240,22 @@ def analyze_rank(rt: RankTrace, steps: StepRange | None = None) -> RankAnalysis:
         steps=step_figures(rt, window, lines), dataloader_iter=rt.dataloader_iter,
         h2d_pageable_pct=_pageable_pct(rt, kept),
         notes=_notes(rt, temporal, comm, window.steps), kernel_us_by_name=by_name,
+        trace_span_us=_trace_span(rt), trace_data_us=total_length(merge_intervals(rt.dataloader)),
     )
+
+
+def _trace_span(rt: RankTrace) -> float | None:
+    """First start to last end over GPU events, launch calls and DataLoader spans."""
+    starts = [*rt.gpu_ts[:1], *rt.launch_ts[:1], *(a for a, _ in rt.dataloader[:1])]
+    if not starts:
+        return None
+    first = min(min(rt.gpu_ts, default=math.inf), min(rt.launch_ts, default=math.inf),
+                min((a for a, _ in rt.dataloader), default=math.inf))
+    last = max(max((t + d for t, d in zip(rt.gpu_ts, rt.gpu_dur, strict=True)), default=-math.inf),
+               max((t + d for t, d in zip(rt.launch_ts, rt.launch_dur, strict=True)),
+                   default=-math.inf),
+               max((b for _, b in rt.dataloader), default=-math.inf))
+    return last - first if last > first else None
 
 
 def _temporal(
@@ -273,14 +298,17 @@ def _notes(
     rt: RankTrace, temporal: TemporalBreakdown | None, comm: list[Interval], steps: Sequence[Any]
 ) -> tuple[str, ...]:
     notes = []
+    if rt.dropped:
+        notes.append("implausible events left out: " + dropped_text(rt.dropped))
     if temporal is None:
         notes.append("no GPU kernels, copies or sets: the temporal breakdown, overlap, kernel and "
                      "launch figures cannot be computed")
     elif not comm:
         notes.append("no communication (NCCL/RCCL) kernels: comm/comp overlap cannot be computed")
     if not rt.steps:
-        notes.append("no ProfilerStep# markers: per-step figures (step time, data loading share, "
-                     "GPU utilisation) cannot be computed")
+        data = " (the data loading share is over the whole trace)" if rt.dataloader else ""
+        notes.append("no ProfilerStep# markers: per-step figures (step time, GPU utilisation) "
+                     f"cannot be computed{data}")
     elif not steps:
         notes.append("no complete ProfilerStep in the window: per-step figures cannot be computed")
     elif not rt.dataloader:
@@ -323,9 +351,15 @@ def analyze(traces: Mapping[int, RankTrace], *, source: str = "", steps: StepRan
         TraceError: ``steps`` selects no ProfilerStep of some rank.
     """
     ranks = {rank: analyze_rank(rt, steps) for rank, rt in sorted(traces.items())}
+    return combine(ranks, source=source, skipped=skipped, notes=notes)
+
+
+def combine(ranks: Mapping[int, RankAnalysis], *, source: str = "", skipped: Sequence[str] = (),
+            notes: Sequence[str] = ()) -> TraceAnalysis:
+    """The :class:`TraceAnalysis` of analysed ranks: adds the cross-rank figures."""
     cross = cross_rank(ranks)
     extra = list(notes)
     if len(ranks) > 1 and cross.straggler_spread_pct is None:
         extra.append("fewer than two ranks with steps: straggler spread cannot be computed")
-    return TraceAnalysis(source=source, ranks=ranks, cross=cross, skipped=tuple(skipped),
-                         notes=tuple(extra))
+    return TraceAnalysis(source=source, ranks=dict(sorted(ranks.items())), cross=cross,
+                         skipped=tuple(skipped), notes=tuple(extra))

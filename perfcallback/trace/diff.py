@@ -12,8 +12,8 @@ from typing import Any
 
 from perfcallback.trace.analysis import TraceAnalysis
 
-# summary key -> (label, unit, True when a larger value is worse)
-METRICS: dict[str, tuple[str, str, bool]] = {
+# summary key -> (label, unit, True when a larger value is worse; None: not judged on its own)
+METRICS: dict[str, tuple[str, str, bool | None]] = {
     "step_mean_us": ("step time", "us", True),
     "idle_pct": ("GPU idle", "%", True),
     "compute_pct": ("GPU compute", "%", False),
@@ -23,7 +23,16 @@ METRICS: dict[str, tuple[str, str, bool]] = {
     "data_share_pct": ("data loading share", "%", True),
     "sync_wait_pct": ("device sync wait", "%", True),
     "kernels_per_step": ("kernels per step", "", True),
-    "launch_delay_p50_us": ("launch delay p50", "us", True),
+    # A longer launch delay means kernels queue longer behind earlier work: the host runs
+    # further ahead of the GPU, which is the healthy direction for a GPU-bound step. It only
+    # hurts alongside more GPU idle time, which the idle figure already judges.
+    "launch_delay_p50_us": ("launch delay p50", "us", None),
+}
+# Why a figure is not judged, shown under the diff when it changed.
+NEUTRAL_NOTES: dict[str, str] = {
+    "launch_delay_p50_us": "a longer delay from launch to kernel start means the host runs "
+                           "further ahead of the GPU (kernels queue); it is not worse by itself, "
+                           "see GPU idle for whether the GPU waited",
 }
 TOP_KERNEL_CHANGES = 10
 
@@ -94,7 +103,8 @@ def diff_analyses(a: TraceAnalysis, b: TraceAnalysis) -> TraceDiff:
     for key, (label, unit, higher_is_worse) in METRICS.items():
         va, vb = ma.get(key), mb.get(key)
         worse = None
-        if va is not None and vb is not None and not math.isclose(va, vb, rel_tol=1e-9):
+        if (higher_is_worse is not None and va is not None and vb is not None
+                and not math.isclose(va, vb, rel_tol=1e-9)):
             worse = (vb > va) == higher_is_worse
         metrics.append(MetricChange(key=key, label=label, unit=unit, a=va, b=vb, worse=worse))
     return TraceDiff(a_source=a.source, b_source=b.source, metrics=tuple(metrics),

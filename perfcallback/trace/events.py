@@ -9,6 +9,10 @@ Design notes:
   ``cuda_sync`` events on a stream (HTA counts them too; they classify as non-compute). One
   deliberate difference: HTA also counts any CPU event that carries a ``stream`` argument (the
   Triton launcher ``cpu_op`` does), which we leave out because it is host time.
+- Implausible events are left out and counted (``RankTrace.dropped``), never analysed: a negative
+  duration, or a time outside +-2**53 us (beyond it a float no longer holds whole microseconds,
+  so the rounding of HTA's definitions breaks; 2**53 us is ~285 years). Non-finite times and
+  numbers beyond 64 bits make the file unreadable (:class:`TraceError`).
 - CPU events are reduced to what later figures need: runtime calls by correlation id (launch
   delays, the kernel-to-step mapping), ``ProfilerStep#N`` spans, DataLoader ``__next__`` spans,
   blocking device synchronisation calls and optimizer steps.
@@ -16,12 +20,14 @@ Design notes:
 
 from __future__ import annotations
 
+import math
 import re
 from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from perfcallback.trace.parse import Event
+from perfcallback.trace.errors import TraceError
+from perfcallback.trace.parse import DEFAULT_LIMITS, Event, TraceLimits
 
 GPU_KIND_KERNEL, GPU_KIND_MEMCPY, GPU_KIND_MEMSET, GPU_KIND_SYNC = range(4)
 _GPU_CATEGORIES: dict[str, int] = {  # Kineto names, old ("Kernel") and new ("kernel") schema
@@ -40,6 +46,8 @@ SYNC_CALLS: frozenset[str] = frozenset({
     "hipDeviceSynchronize", "hipStreamSynchronize", "hipEventSynchronize", "hipMemcpy",
 })
 _STEP_RE = re.compile(r"ProfilerStep\s*#\s*(\d+)")
+_MAX_STEP_DIGITS = 18  # fits int64; longer "step numbers" are garbage, not steps
+TIME_LIMIT_US = float(2**53)  # |ts|, dur and ts + dur above this are not plausible times
 _NO_STREAM = -1
 
 
@@ -90,6 +98,7 @@ class RankTrace:
     cpu_events: int = 0
     profiler_ranges: int = 0  # CUPTI range-profiler events (no kernel timings)
     gpu_activities: int = 0  # kernels, copies and sets (stream syncs not counted)
+    dropped: dict[str, int] = field(default_factory=dict)  # implausible events left out, by why
 
     @property
     def has_gpu(self) -> bool:
@@ -103,8 +112,10 @@ class RankTrace:
 class _Builder:
     """Accumulates one pass over the events into a :class:`RankTrace`."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, limits: TraceLimits = DEFAULT_LIMITS) -> None:
         self.trace = RankTrace(path=path)
+        self._max_events = limits.max_events
+        self._name_chars_left = limits.max_name_chars
         self._name_ids: dict[str, int] = {}
         self._step_names: set[str] = set()
         self._steps: dict[int, Step] = {}
@@ -112,19 +123,44 @@ class _Builder:
     def name_id(self, name: str) -> int:
         idx = self._name_ids.get(name)
         if idx is None:
+            self._name_chars_left -= len(name)
+            if self._name_chars_left < 0:
+                raise TraceError(self.trace.path, "its distinct event names exceed the limit "
+                                                  "per trace file")
             idx = self._name_ids[name] = len(self.trace.names)
             self.trace.names.append(name)
         return idx
 
     def add(self, events: Iterable[Event]) -> None:
-        """Consume a batch of events (hot loop: keep it flat)."""
+        """Consume a batch of events; a number beyond 64 bits makes the file unreadable.
+
+        Raises:
+            TraceError: A non-finite time, a number beyond 64 bits, or more kept events than
+                ``TraceLimits.max_events``.
+        """
+        try:
+            self._add(events)
+        except OverflowError as exc:  # array('q'/'d').append of an int beyond 64 bits
+            raise TraceError(self.trace.path, f"a number in an event is out of range ({exc})") \
+                from None
+        t = self.trace
+        if len(t.gpu_ts) + len(t.launch_ts) > self._max_events:
+            raise TraceError(t.path, f"more than {self._max_events:,} GPU events and launch "
+                                     "calls, the limit per trace file")
+
+    def _add(self, events: Iterable[Event]) -> None:
+        """The hot loop: keep it flat."""
         t = self.trace
         gpu_categories = _GPU_CATEGORIES
+        limit = TIME_LIMIT_US
         for e in events:
             dur, cat, ts = e.dur, e.cat, e.ts
             if dur is None or cat is None or ts is None or cat == "Trace":
                 continue
             if cat == "python_function":  # the bulk of with_stack traces; never needed
+                continue
+            if not (0 <= dur <= limit and -limit <= ts <= limit - dur):  # NaN fails too
+                self._drop(ts, dur)
                 continue
             kind = gpu_categories.get(cat)
             if kind is not None:
@@ -141,6 +177,13 @@ class _Builder:
                 if kind == GPU_KIND_SYNC:  # device-wide Event/Context Sync: neither side
                     continue
             self._host(e, cat, ts, dur)
+
+    def _drop(self, ts: float, dur: float) -> None:
+        if math.isnan(ts) or math.isnan(dur) or math.isinf(ts) or math.isinf(dur):
+            raise TraceError(self.trace.path, f"an event has a non-finite time (ts={ts}, "
+                                              f"dur={dur})")
+        why = "negative duration" if dur < 0 else "time beyond +-2**53 us"
+        self.trace.dropped[why] = self.trace.dropped.get(why, 0) + 1
 
     def _host(self, e: Event, cat: str, ts: float, dur: float) -> None:
         t = self.trace
@@ -175,7 +218,11 @@ class _Builder:
         match = _STEP_RE.search(name)
         if match is None or cat == "gpu_user_annotation":
             return
-        number = int(match.group(1))
+        digits = match.group(1)
+        if len(digits) > _MAX_STEP_DIGITS:
+            raise TraceError(self.trace.path, f"a ProfilerStep number has {len(digits)} digits "
+                                              f"(at most {_MAX_STEP_DIGITS} make sense)")
+        number = int(digits)
         old = self._steps.get(number)
         if old is None or dur > old.dur:  # the same step seen on two threads: keep the longer
             self._steps[number] = Step(number=number, ts=ts, dur=dur)
@@ -201,9 +248,15 @@ def _stream_of(e: Event) -> int:
         return _NO_STREAM
 
 
-def build_rank_trace(path: str, batches: Iterable[Iterable[Event]]) -> RankTrace:
-    """Reduce event batches (from :func:`perfcallback.trace.parse.iter_trace`) to a RankTrace."""
-    builder = _Builder(path)
+def build_rank_trace(
+    path: str, batches: Iterable[Iterable[Event]], limits: TraceLimits = DEFAULT_LIMITS
+) -> RankTrace:
+    """Reduce event batches (from :func:`perfcallback.trace.parse.iter_trace`) to a RankTrace.
+
+    Raises:
+        TraceError: See :meth:`_Builder.add`.
+    """
+    builder = _Builder(path, limits)
     for batch in batches:
         builder.add(batch)
         del batch  # NOTE: free this batch before the next one is decoded

@@ -12,13 +12,21 @@ the others are still loaded.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 from perfcallback.trace.errors import TraceError
 from perfcallback.trace.events import RankTrace, build_rank_trace
-from perfcallback.trace.parse import CHUNK_BYTES, Event, Metadata, iter_trace
+from perfcallback.trace.parse import (
+    CHUNK_BYTES,
+    DEFAULT_LIMITS,
+    Event,
+    Metadata,
+    TraceLimits,
+    iter_trace,
+)
 
 TRACE_SUFFIXES: tuple[str, ...] = (".json", ".json.gz")
 _RANK_IN_NAME = re.compile(r"rank[-_]?(\d+)", re.IGNORECASE)
@@ -47,13 +55,24 @@ def find_trace_files(path: str | Path) -> tuple[list[Path], list[str]]:
     """The trace files ``path`` stands for, and notes on the choice made.
 
     Raises:
-        TraceError: ``path`` does not exist or holds no trace file.
+        TraceError: ``path`` does not exist, is not a regular file or folder, cannot be listed,
+            or holds no trace file.
     """
     p = Path(path)
+    try:
+        return _find(p)
+    except OSError as exc:  # an unreadable folder, or one that vanished while listed
+        where = exc.filename if isinstance(exc.filename, str) else p
+        raise TraceError(where, f"cannot read it ({exc.strerror or exc})") from None
+
+
+def _find(p: Path) -> tuple[list[Path], list[str]]:
     if not p.exists():
         raise TraceError(p, "no such file or folder")
     if p.is_file():
         return [p], []
+    if not p.is_dir():  # /dev/zero, a FIFO, a socket: reading it would never end or block
+        raise TraceError(p, "not a regular file or folder (a device, FIFO or socket)")
     direct = sorted(f for f in p.iterdir() if _is_trace(f))
     if direct:
         return direct, []
@@ -78,7 +97,11 @@ def _is_trace(f: Path) -> bool:
 
 
 def load_rank_trace(
-    path: str | Path, *, chunk_bytes: int = CHUNK_BYTES, progress: FileProgress | None = None
+    path: str | Path,
+    *,
+    chunk_bytes: int = CHUNK_BYTES,
+    progress: FileProgress | None = None,
+    limits: TraceLimits = DEFAULT_LIMITS,
 ) -> RankTrace:
     """Read one trace file into a :class:`RankTrace` (rank from metadata or file name).
 
@@ -92,19 +115,28 @@ def load_rank_trace(
         on_chunk = None
         if progress is not None:
             on_chunk = lambda done, size: progress(path.name, done, size)  # noqa: E731
-        for item in iter_trace(path, chunk_bytes=chunk_bytes, progress=on_chunk):
+        for item in iter_trace(path, chunk_bytes=chunk_bytes, progress=on_chunk, limits=limits):
             if isinstance(item, Metadata):
                 meta.append(item)
             else:
                 yield item
             del item  # NOTE: free this batch before the next one is decoded
 
-    rt = build_rank_trace(str(path), batches())
+    rt = build_rank_trace(str(path), batches(), limits)
     if rt.cpu_events == 0 and len(rt.gpu_ts) == 0 and rt.profiler_ranges == 0:
+        if rt.dropped:
+            raise TraceError(path, "no plausible events: every complete event has "
+                                   + dropped_text(rt.dropped))
         raise TraceError(path, "JSON, but not a Kineto trace: no complete events (ph 'X' with "
                                "ts, dur and cat)")
     _apply_metadata(rt, meta[0] if meta else None, path)
     return rt
+
+
+def dropped_text(dropped: dict[str, int]) -> str:
+    """``{"negative duration": 3}`` as ``"a negative duration (3 events)"``."""
+    return " or ".join(f"a {why} ({n:,} event{'s' if n != 1 else ''})"
+                       for why, n in sorted(dropped.items()))
 
 
 def _apply_metadata(rt: RankTrace, meta: Metadata | None, path: Path) -> None:
@@ -137,8 +169,12 @@ def load_trace_set(
     require_gpu: bool = True,
     chunk_bytes: int = CHUNK_BYTES,
     progress: FileProgress | None = None,
+    limits: TraceLimits = DEFAULT_LIMITS,
 ) -> TraceSet:
     """Load every trace file of ``path`` (see the module docstring for what a path may be).
+
+    Holds every rank's columns at once; :func:`perfcallback.trace.analyze_path` instead reduces
+    each file to its analysis before reading the next, so its memory does not grow with ranks.
 
     Args:
         path: A trace file, a folder of per-rank files, or a log folder of captures.
@@ -146,16 +182,59 @@ def load_trace_set(
         require_gpu: Treat a file without GPU events as bad (the CLI's default).
         chunk_bytes: Streaming chunk size (decompressed bytes).
         progress: Called as ``(file name, bytes read, file size)`` while reading.
+        limits: Size caps per file (:class:`~perfcallback.trace.parse.TraceLimits`).
 
     Raises:
         TraceError: A bad file (without ``skip_bad``), no usable file, or mixed runs.
     """
+    loaded, skipped, notes = load_each(path, lambda rt: rt, skip_bad=skip_bad,
+                                       require_gpu=require_gpu, chunk_bytes=chunk_bytes,
+                                       progress=progress, limits=limits)
+    if len(loaded) == 1 and loaded[0].rank < 0:
+        loaded[0].rank = 0  # a lone trace without rank information: rank 0, as HTA assumes
+    return TraceSet(source=str(path), ranks=assign_ranks(Path(path), loaded),
+                    skipped=tuple(skipped), notes=tuple(notes))
+
+
+class Ranked(Protocol):
+    """What rank assignment reads: a RankTrace, or a RankAnalysis made from one."""
+
+    @property
+    def rank(self) -> int: ...
+    @property
+    def world_size(self) -> int | None: ...
+    @property
+    def path(self) -> str: ...
+
+
+T = TypeVar("T", bound=Ranked)
+
+
+def load_each(
+    path: str | Path,
+    reduce: Callable[[RankTrace], T],
+    *,
+    skip_bad: bool = False,
+    require_gpu: bool = True,
+    chunk_bytes: int = CHUNK_BYTES,
+    progress: FileProgress | None = None,
+    limits: TraceLimits = DEFAULT_LIMITS,
+) -> tuple[list[T], list[str], list[str]]:
+    """Load the files of ``path`` one at a time and keep only ``reduce(trace)`` of each.
+
+    Returns:
+        The reduced files, the ``"path: problem"`` of each file skipped, the loader's notes.
+
+    Raises:
+        TraceError: A bad file (without ``skip_bad``), or no usable file. ``reduce``'s own
+            TraceErrors are never skipped: they concern the request, not the file.
+    """
     files, notes = find_trace_files(path)
-    loaded: list[RankTrace] = []
+    out: list[T] = []
     skipped: list[str] = []
     for f in files:
         try:
-            rt = load_rank_trace(f, chunk_bytes=chunk_bytes, progress=progress)
+            rt = load_rank_trace(f, chunk_bytes=chunk_bytes, progress=progress, limits=limits)
             if require_gpu and not rt.has_gpu:
                 raise TraceError(f, no_gpu_problem(rt))
         except TraceError as err:
@@ -163,17 +242,15 @@ def load_trace_set(
                 raise
             skipped.append(str(err))
             continue
-        loaded.append(rt)
-    if not loaded:
+        out.append(reduce(rt))
+        del rt  # NOTE: one file's columns at a time
+    if not out:
         raise TraceError(path, f"no usable trace file ({skipped[0]})" if skipped else "no trace")
-    return TraceSet(source=str(path), ranks=_assign_ranks(Path(path), loaded),
-                    skipped=tuple(skipped), notes=tuple(notes))
+    return out, skipped, notes
 
 
-def _assign_ranks(folder: Path, loaded: list[RankTrace]) -> dict[int, RankTrace]:
+def assign_ranks(folder: Path, loaded: Sequence[T]) -> dict[int, T]:
     """Map traces to ranks; refuse mixed runs (world sizes that differ, a rank seen twice)."""
-    if len(loaded) == 1 and loaded[0].rank < 0:
-        loaded[0].rank = 0  # a lone trace without rank information: rank 0, as HTA assumes
     unknown = [Path(rt.path).name for rt in loaded if rt.rank < 0]
     if unknown:
         raise TraceError(folder, "cannot tell the ranks apart: " + ", ".join(unknown[:3])
@@ -183,7 +260,7 @@ def _assign_ranks(folder: Path, loaded: list[RankTrace]) -> dict[int, RankTrace]
         desc = ", ".join(f"{Path(rt.path).name} is rank {rt.rank} of {rt.world_size}"
                          for rt in loaded[:3])
         raise TraceError(folder, f"mixed runs in one folder: {desc}")
-    ranks: dict[int, RankTrace] = {}
+    ranks: dict[int, T] = {}
     for rt in loaded:
         if rt.rank in ranks:
             raise TraceError(folder, f"mixed runs in one folder: rank {rt.rank} appears in "

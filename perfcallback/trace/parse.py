@@ -13,13 +13,24 @@ Design notes:
   "try an earlier cut"; a cut that decodes is a real event boundary.
 - Gzip is recognised by its magic bytes, not the file name; a ``.gz`` name on a file that is not
   gzip is reported as such.
+- Bounded whatever the input (docs/reliability.md): a file may decompress to at most
+  ``TraceLimits.max_bytes`` (a gzip bomb stops there), one event may span at most
+  ``TraceLimits.max_event_bytes`` (text that never reaches an event boundary is refused, not read
+  whole), and a decode error that is not caused by the cut itself (a wrong type, a syntax error
+  before the cut, nesting too deep) is reported at once, without reading the rest of the file.
+- Both decoders accept exactly the same input: the stdlib path refuses ``NaN``/``Infinity`` and
+  numbers that overflow a float (``1e999``), as msgspec does, and turns ``RecursionError`` on
+  deeply nested arrays into an ordinary decode error. :func:`set_decoder` picks the decoder, so
+  tests can run both in one process.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
+import math
 import re
+import stat
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -38,6 +49,7 @@ except ImportError:  # pragma: no cover
     orjson = None  # type: ignore[assignment, unused-ignore]  # typed only where installed
 
 CHUNK_BYTES = 8 * 2**20  # decompressed bytes decoded at once; bounds memory on huge traces
+MIB = 2**20
 _GZIP_MAGIC = b"\x1f\x8b"
 _EVENTS_KEY = re.compile(rb'"traceEvents"\s*:\s*\[')
 _BOUNDARY = re.compile(rb"\}\s*,\s*\{")
@@ -46,6 +58,29 @@ _TAIL_SCAN = 2**20  # look for cut candidates in the last MiB of a chunk
 _CUT_TRIES = 4  # earlier cuts tried before reading more
 
 ProgressFn = Callable[[int, int], None]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TraceLimits:
+    """Caps that bound the memory of reading one trace file, whatever it holds.
+
+    Attributes:
+        max_bytes: Decompressed bytes per file. The default fits real traces of several hundred
+            MB (the largest public Kineto traces we know are ~300 MB) with room to spare; the CLI
+            sets it with ``--max-trace-mb``. ``0`` means no limit.
+        max_event_bytes: Longest stretch of text without an event boundary that decodes.
+        max_events: GPU activities plus host launch calls kept per file (the columns that grow
+            with the trace; see docs/reliability.md for what they cost).
+        max_name_chars: Characters of distinct event names kept per file (names are interned).
+    """
+
+    max_bytes: int = 2048 * MIB
+    max_event_bytes: int = 4 * CHUNK_BYTES
+    max_events: int = 4_000_000
+    max_name_chars: int = 128 * MIB
+
+
+DEFAULT_LIMITS = TraceLimits()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -84,70 +119,159 @@ if msgspec is not None:
     _EVENT_LIST = msgspec.json.Decoder(list[Event])
     _DOC = msgspec.json.Decoder(_Doc)
 else:  # pragma: no cover
+    Event = None  # type: ignore[assignment, misc, unused-ignore]  # defined below as _PyEvent
 
-    class _PyArgs:
-        __slots__ = ("correlation", "stream")
 
-        def __init__(self, args: dict[str, Any]) -> None:
-            self.stream = args.get("stream")
-            self.correlation = args.get("correlation")
+class _PyArgs:
+    __slots__ = ("correlation", "stream")
 
-    class Event:  # type: ignore[no-redef]
-        """One trace event, reduced to what the analysis reads (stdlib fallback)."""
+    def __init__(self, stream: int | str | None, correlation: int | None) -> None:
+        self.stream = stream
+        self.correlation = correlation
 
-        __slots__ = ("args", "cat", "dur", "name", "ph", "ts")
 
-        def __init__(self, raw: dict[str, Any]) -> None:
-            self.ph = raw.get("ph", "")
-            cat, name = raw.get("cat"), raw.get("name", "")
-            self.cat = cat if cat is None or isinstance(cat, str) else str(cat)
-            self.name = name if isinstance(name, str) else str(name)
-            self.ts = raw.get("ts")
-            self.dur = raw.get("dur")
-            args = raw.get("args")
-            self.args = _PyArgs(args) if isinstance(args, dict) else None
+class _PyEvent:
+    """One trace event, reduced to what the analysis reads (stdlib decoder)."""
+
+    __slots__ = ("args", "cat", "dur", "name", "ph", "ts")
+
+    def __init__(self, ph: str, cat: str | None, name: str, ts: float | None, dur: float | None,
+                 args: _PyArgs | None) -> None:
+        self.ph, self.cat, self.name, self.ts, self.dur, self.args = ph, cat, name, ts, dur, args
+
+
+if msgspec is None:  # pragma: no cover
+    Event = _PyEvent  # type: ignore[misc, assignment, unused-ignore]
+
+# Which decoder runs: "msgspec" (the `trace` extra), "orjson" or "json" (stdlib). See set_decoder.
+_decoder = "msgspec" if msgspec is not None else ("orjson" if orjson is not None else "json")
+
+
+def set_decoder(name: str) -> str:
+    """Choose the JSON decoder (``"msgspec"``, ``"orjson"`` or ``"json"``); returns the previous.
+
+    All give the same events and refuse the same input; tests use this to run the stdlib path in
+    the same process as the msgspec one.
+
+    Raises:
+        ValueError: ``name`` is unknown or its package is not installed.
+    """
+    global _decoder
+    available = {"json": True, "msgspec": msgspec is not None, "orjson": orjson is not None}
+    if not available.get(name):
+        raise ValueError(f"decoder {name!r} is not available (have: "
+                         f"{', '.join(k for k, v in available.items() if v)})")
+    previous, _decoder = _decoder, name
+    return previous
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number out of range: {text[:20]}")
+    return value
 
 
 def _loads(data: bytes) -> Any:
-    return orjson.loads(data) if orjson is not None else json.loads(data)
+    if _decoder == "orjson":
+        return orjson.loads(data)
+    # parse_constant/parse_float: refuse NaN, Infinity and 1e999 as msgspec and orjson do
+    return json.loads(data, parse_constant=_reject_constant, parse_float=_finite_float)
+
+
+def _field(item: dict[str, Any], key: str, types: tuple[type, ...], i: int, default: Any) -> Any:
+    value = item.get(key, default)
+    if value is not None and (not isinstance(value, types) or isinstance(value, bool)):
+        raise ValueError(f"traceEvents[{i}].{key} has the wrong type ({type(value).__name__})")
+    return value
 
 
 def _py_events(raw: Any) -> list[Event]:
+    """The stdlib decoder's events, type-checked as strictly as msgspec's schema."""
     if not isinstance(raw, list):
         raise ValueError("traceEvents is not a list")
-    out = []
+    out: list[Any] = []
     for i, item in enumerate(raw):
         if not isinstance(item, dict):
             raise ValueError(f"traceEvents[{i}] is not an event object")
-        ts, dur = item.get("ts"), item.get("dur")
-        for key, value in (("ts", ts), ("dur", dur)):
-            if value is not None and not isinstance(value, (int, float)):
-                raise ValueError(f"traceEvents[{i}].{key} is not a number")
-        out.append(Event(item))  # type: ignore[arg-type]  # the fallback Event takes a dict
+        args = item.get("args")
+        py_args = None
+        if isinstance(args, dict):
+            py_args = _PyArgs(_field(args, "stream", (int, str), i, None),
+                              _field(args, "correlation", (int,), i, None))
+        elif args is not None:
+            raise ValueError(f"traceEvents[{i}].args is not an object")
+        out.append(_PyEvent(
+            _field(item, "ph", (str,), i, "") or "", _field(item, "cat", (str,), i, None),
+            _field(item, "name", (str,), i, "") or "", _field(item, "ts", (int, float), i, None),
+            _field(item, "dur", (int, float), i, None), py_args))
     return out
 
 
 def decode_events(data: bytes | bytearray | memoryview) -> list[Event]:
-    """Decode a JSON array of events."""
-    if msgspec is not None:
-        return _EVENT_LIST.decode(data)
-    return _py_events(_loads(bytes(data)))  # pragma: no cover
+    """Decode a JSON array of events.
+
+    Raises:
+        ValueError: Not JSON, not an array of events, or nested too deep to decode.
+    """
+    try:
+        if _decoder == "msgspec":
+            return _EVENT_LIST.decode(data)
+        return _py_events(_loads(bytes(data)))
+    except RecursionError:
+        raise _TooDeep() from None
 
 
 def decode_document(data: bytes | bytearray) -> tuple[list[Event] | None, dict[str, Any]]:
     """Decode a whole trace (object or bare array) into its events and top-level metadata."""
     if _BARE_ARRAY.match(data):
         return decode_events(data), {}
-    if msgspec is not None:
-        doc = _DOC.decode(data)
-        meta = {"distributedInfo": doc.distributedInfo, "deviceProperties": doc.deviceProperties,
-                "schemaVersion": doc.schemaVersion}
-        return doc.traceEvents, meta
-    raw = _loads(bytes(data))  # pragma: no cover
-    if not isinstance(raw, dict):  # pragma: no cover
+    try:
+        if _decoder == "msgspec":
+            doc = _DOC.decode(data)
+            meta = {"distributedInfo": doc.distributedInfo,
+                    "deviceProperties": doc.deviceProperties, "schemaVersion": doc.schemaVersion}
+            return doc.traceEvents, meta
+        raw = _loads(bytes(data))
+    except RecursionError:
+        raise _TooDeep() from None
+    if not isinstance(raw, dict):
         raise ValueError("top level is neither an object nor an array")
-    events = raw.get("traceEvents")  # pragma: no cover
-    return (None if events is None else _py_events(events)), raw  # pragma: no cover
+    events = raw.get("traceEvents")
+    return (None if events is None else _py_events(events)), raw
+
+
+class _TooDeep(ValueError):
+    def __init__(self) -> None:
+        super().__init__("nested too deeply to decode")
+
+
+_BYTE_AT = re.compile(r"\(byte (\d+)\)")
+_END_WORDS = ("truncated", "end of data", "unterminated", "eof")
+
+
+def _error_before(exc: ValueError, end: int) -> bool:
+    """The decode error lies before byte ``end`` of the text, so a later cut cannot cure it.
+
+    A cut that falls inside a nested value or a string makes the text end early: the decoders
+    then report truncation, or an error at the very end. A wrong type, nesting too deep, or a
+    syntax error earlier in the text is the file's own fault.
+    """
+    if msgspec is not None and isinstance(exc, msgspec.ValidationError):
+        return True
+    text = str(exc).lower()
+    if any(word in text for word in _END_WORDS):
+        return False
+    if isinstance(exc, json.JSONDecodeError):
+        return exc.pos < end
+    match = _BYTE_AT.search(text)
+    if match is not None:
+        return int(match.group(1)) < end
+    return not isinstance(exc, json.JSONDecodeError)  # _py_events' type errors, digit limits
 
 
 def _describe(exc: Exception) -> str:
@@ -158,15 +282,26 @@ def _describe(exc: Exception) -> str:
         return "truncated JSON: the file ends in the middle of the data"
     if (msgspec is not None and isinstance(exc, msgspec.ValidationError)) or "traceEvents" in text:
         return f"JSON, but not a Kineto trace ({text})"
+    if isinstance(exc, _TooDeep):
+        return "invalid trace: JSON nested too deeply to decode"
     return f"invalid JSON ({text})"
 
 
 class _Reader:
-    """Decompressed bytes of a trace file, with the compressed position for progress."""
+    """Decompressed bytes of a trace file, with the compressed position for progress.
 
-    def __init__(self, path: Path) -> None:
+    Refuses what is not a regular file before opening it (``open`` on a FIFO blocks forever, and
+    ``/dev/zero`` never ends), and stops once ``max_bytes`` have been decompressed.
+    """
+
+    def __init__(self, path: Path, max_bytes: int) -> None:
         self.path = path
-        self.size = path.stat().st_size
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise TraceError(path, "not a regular file (a device, FIFO or socket)")
+        self.size = info.st_size
+        self.max_bytes = max_bytes
+        self.read_bytes = 0
         self._raw: BinaryIO = open(path, "rb")  # noqa: SIM115 - closed in close()
         head = self._raw.read(2)
         self._raw.seek(0)
@@ -180,12 +315,18 @@ class _Reader:
     def read(self, n: int) -> bytes:
         try:
             data: bytes = self._stream.read(n)
-            return data
         except EOFError as exc:
             raise TraceError(self.path, "truncated gzip file: it ends before the compressed "
                                         "data does") from exc
         except (gzip.BadGzipFile, zlib.error, OSError) as exc:
             raise TraceError(self.path, f"corrupt gzip data ({exc})") from exc
+        self.read_bytes += len(data)
+        if self.max_bytes and self.read_bytes > self.max_bytes:
+            what = "decompresses to" if self.gzipped else "is"
+            raise TraceError(self.path, f"{what} more than {self.max_bytes // MIB} MiB of JSON, "
+                                        "the limit per trace file (raise it with "
+                                        "--max-trace-mb)")
+        return data
 
     def position(self) -> int:
         return self._raw.tell()
@@ -195,7 +336,11 @@ class _Reader:
 
 
 def iter_trace(
-    path: str | Path, *, chunk_bytes: int = CHUNK_BYTES, progress: ProgressFn | None = None
+    path: str | Path,
+    *,
+    chunk_bytes: int = CHUNK_BYTES,
+    progress: ProgressFn | None = None,
+    limits: TraceLimits = DEFAULT_LIMITS,
 ) -> Iterator[list[Event] | Metadata]:
     """Yield the events of ``path`` in batches, then one :class:`Metadata` last.
 
@@ -204,24 +349,26 @@ def iter_trace(
             2021 schema's bare array of events).
         chunk_bytes: Decompressed bytes decoded at once; larger files are streamed.
         progress: Called with ``(compressed bytes read, file size)`` after each chunk.
+        limits: Size caps (see :class:`TraceLimits`).
 
     Raises:
-        TraceError: The file is missing, not gzip although named so, truncated, not JSON, or
-            JSON without trace events.
+        TraceError: The file is missing, not a regular file, not gzip although named so,
+            truncated, not JSON, JSON without trace events, or over a limit.
     """
     path = Path(path)
     try:
-        reader = _Reader(path)
+        reader = _Reader(path, limits.max_bytes)
     except OSError as exc:
         raise TraceError(path, f"cannot read it ({exc.strerror or exc})") from exc
     try:
-        yield from _stream(reader, chunk_bytes, progress)
+        yield from _stream(reader, chunk_bytes, progress, max(limits.max_event_bytes,
+                                                              2 * chunk_bytes))
     finally:
         reader.close()
 
 
 def _stream(
-    reader: _Reader, chunk_bytes: int, progress: ProgressFn | None
+    reader: _Reader, chunk_bytes: int, progress: ProgressFn | None, max_event_bytes: int
 ) -> Iterator[list[Event] | Metadata]:
     first = reader.read(chunk_bytes)
     head = first.lstrip(b"\xef\xbb\xbf \t\r\n")
@@ -247,20 +394,16 @@ def _stream(
         pos = 1
     else:
         match = _EVENTS_KEY.search(buf)
-        if match is None:  # no event array near the start: decode whole to explain why
-            buf += _read_rest(reader)
-            events, meta = _decode_whole(reader.path, buf)
-            yield events
-            yield meta
-            return
+        if match is None:  # reading on would hold the whole file: refuse instead
+            raise TraceError(reader.path, "JSON, but not a Kineto trace: no 'traceEvents' array "
+                                          f"in its first {chunk_bytes // MIB or 1} MiB")
         header = bytes(buf[: match.start()]) + b'"traceEvents":[]}'
         header_meta = _decode_raw(reader.path, header)[1]
         pos = match.end()  # buf[pos - 1] is the array's "["
     while True:
         if progress is not None:
             progress(reader.position(), reader.size)
-        found = _decode_chunk(buf, pos)
-        decoded = found is not None
+        found = _decode_chunk(reader.path, buf, pos)
         if found is not None:
             events, next_event = found
             del found
@@ -268,14 +411,15 @@ def _stream(
             del events
             del buf[: next_event - 1]  # keep one byte before the next event for the "["
             pos = 1
+        elif len(buf) > max_event_bytes:  # no event boundary in sight: refuse, never read all
+            raise TraceError(reader.path, f"no event boundary in {max_event_bytes // MIB} MiB "
+                                          "of text: an event that large is not a Kineto trace "
+                                          "event")
         more = reader.read(chunk_bytes)
         if not more:
             break
         buf += more
         del more
-        if not decoded and len(buf) > 4 * chunk_bytes:  # nothing decodes: let the tail explain
-            buf += _read_rest(reader)
-            break
     if progress is not None:
         progress(reader.position(), reader.size)
     del buf[:pos]
@@ -287,18 +431,15 @@ def _stream(
     yield _metadata({**header_meta, **{k: v for k, v in tail_meta.items() if v is not None}})
 
 
-def _read_rest(reader: _Reader) -> bytes:
-    parts = []
-    while part := reader.read(CHUNK_BYTES):
-        parts.append(part)
-    return b"".join(parts)
-
-
-def _decode_chunk(buf: bytearray, pos: int) -> tuple[list[Event], int] | None:
+def _decode_chunk(path: Path, buf: bytearray, pos: int) -> tuple[list[Event], int] | None:
     """Decode the events in ``buf[pos:]`` up to the last event boundary that decodes.
 
     The byte before ``pos`` and the one after the cut are overwritten in place with ``[`` and
     ``]`` (and restored), so a chunk is decoded without copying it.
+
+    Raises:
+        TraceError: The text before a cut is bad in itself (see :func:`_error_before`): the rest
+            of the file is not read.
     """
     scan_from = max(pos, len(buf) - _TAIL_SCAN)
     cuts = [m.start() for m in _BOUNDARY.finditer(buf, scan_from)]
@@ -311,7 +452,9 @@ def _decode_chunk(buf: bytearray, pos: int) -> tuple[list[Event], int] | None:
             try:
                 with memoryview(buf)[pos - 1 : cut + 2] as view:
                     events = decode_events(view)
-            except ValueError:  # msgspec.DecodeError and json errors are ValueErrors
+            except ValueError as exc:  # msgspec.DecodeError and json errors are ValueErrors
+                if _error_before(exc, cut - pos):
+                    raise TraceError(path, _describe(exc)) from None
                 continue
             finally:
                 buf[cut + 1] = after

@@ -41,13 +41,17 @@ _EXTRA_FROM_SUMMARY: dict[str, str] = {
 def window_stats(rank: RankAnalysis, cross: CrossRank | None = None) -> WindowStats:
     """The :class:`WindowStats` of one rank's analysed window.
 
-    Without ProfilerSteps the whole analysed GPU span counts as one step.
+    Without ProfilerSteps (a trace recorded without torch.profiler's schedule) the whole trace
+    counts as one step, and its DataLoader time as that step's data wait: the dataloader rule
+    then judges the trace as a whole instead of staying blind.
     """
     times = [s.wall_us * _US for s in rank.steps]
+    data_s = sum(s.data_us for s in rank.steps) * _US / len(times) if times else 0.0
     if not times:
-        times = [rank.temporal.span_us * _US if rank.temporal else 0.0]
+        whole = rank.trace_span_us or (rank.temporal.span_us if rank.temporal else 0.0)
+        times = [whole * _US]
+        data_s = rank.trace_data_us * _US
     step_s = sum(times) / len(times)
-    data_s = sum(s.data_us for s in rank.steps) * _US / len(times) if rank.steps else 0.0
     phase_s = {"data": data_s, "forward": 0.0, "backward": 0.0, "optimizer": 0.0,
                "other": max(0.0, step_s - data_s)}
     first = rank.steps[0].number if rank.steps else 0
@@ -78,6 +82,7 @@ def run_context(rank: RankAnalysis) -> RunContext:
         device_type="cuda" if rank.temporal is not None else "cpu",
         world_size=rank.world_size or 1,
         rank=rank.rank,
+        cpu_count=None,  # the training host's cores are not in a Kineto trace, and ours are not it
     )
     if rank.dataloader_iter is not None:  # the iterator's class name tells workers or not
         ctx.loader = {

@@ -13,6 +13,8 @@ import pytest
 from perfcallback.trace import TraceError, analyze_path, analyze_rank, load_rank_trace
 from perfcallback.trace.window import window_stats
 
+VENDORED = Path(__file__).resolve().parents[1] / "data" / "shared"
+
 # Trace sets HTA 0.5.0 loads (README: it fails on cpu_only_rank34, cupti_profiler,
 # distributed_info_not_found and h100_qwen1.5_0.5b). HTA takes > 2 s on the slow ones.
 _SLOW = {"hta/df_index_resolver", "hta/trace_diff_control", "hta/trace_diff_test",
@@ -26,6 +28,27 @@ HTA_LOADABLE = sorted(_SLOW | {
     "tracelens/mi300_falconsai_nsfw", "tracelens/perf_model_normalization",
     "tracelens/torch_compile_triton",
 })
+
+
+def _set(root: Path, name: str) -> Path:
+    """``root/name``; skips when the vendored subset (tests/data/shared) does not hold it."""
+    path = root / name
+    if not path.is_dir():
+        pytest.skip(f"{name} is not vendored in tests/data/shared (needs ../shared/traces)")
+    return path
+
+
+def test_a_fresh_clone_has_the_key_sets() -> None:
+    """The vendored subset runs the key cases without ../shared: NCCL with overlap, no
+    ProfilerStep, no GPU events, HTA's own failure case; and it stays small."""
+    for name in ("hta/nccl_parser_config", "hta/critical_path_alexnet", "hta/cpu_only_rank34",
+                 "hta/cupti_profiler", "tracelens/h100_qwen1.5_0.5b"):
+        assert any((VENDORED / name).iterdir()), name
+    ra = analyze_path(VENDORED / "hta/nccl_parser_config").ranks[0]
+    assert ra.comm_comp_overlap_pct is not None and ra.comm_comp_overlap_pct > 0
+    assert not analyze_path(VENDORED / "hta/critical_path_alexnet").ranks[0].steps
+    size = sum(f.stat().st_size for f in VENDORED.rglob("*") if f.is_file())
+    assert size < 3 * 2**20
 
 
 def _hta(trace_dir: Path) -> tuple[dict[int, tuple[float, float, float]], dict[int, float]]:
@@ -45,8 +68,9 @@ def _hta(trace_dir: Path) -> tuple[dict[int, tuple[float, float, float]], dict[i
     pytest.param(n, marks=pytest.mark.slow) if n in _SLOW else n for n in HTA_LOADABLE])
 def test_agrees_with_hta(shared_traces: Path, name: str) -> None:
     pytest.importorskip("hta")
-    temporal, overlap = _hta(shared_traces / name)
-    ours = analyze_path(shared_traces / name)
+    path = _set(shared_traces, name)
+    temporal, overlap = _hta(path)
+    ours = analyze_path(path)
     assert set(ours.ranks) == set(temporal)
     for rank, (idle, compute, non_compute) in temporal.items():
         s = ours.ranks[rank].summary()
@@ -60,7 +84,7 @@ def test_agrees_with_hta(shared_traces: Path, name: str) -> None:
 
 
 def test_owlv2_is_input_bound_in_its_window_stats(shared_traces: Path) -> None:
-    ra = analyze_path(shared_traces / "tracelens/h100_owlv2").ranks[0]
+    ra = analyze_path(_set(shared_traces, "tracelens/h100_owlv2")).ranks[0]
     stats = window_stats(ra)
     assert stats.steps == 1
     assert stats.share("data") == pytest.approx(0.51, abs=0.03)  # README: ~51 % of the step
@@ -69,13 +93,13 @@ def test_owlv2_is_input_bound_in_its_window_stats(shared_traces: Path) -> None:
 
 
 def test_healthy_multiprocess_loader_has_negligible_data_wait(shared_traces: Path) -> None:
-    ra = analyze_path(shared_traces / "hta/trace_diff_test").ranks[1]
+    ra = analyze_path(_set(shared_traces, "hta/trace_diff_test")).ranks[1]
     assert ra.data_share_pct is not None and ra.data_share_pct < 0.1
     assert window_stats(ra).extra["comm_comp_overlap_pct"] == pytest.approx(68.8, abs=0.5)
 
 
 def test_trace_hta_fails_on_still_gives_consistent_figures(shared_traces: Path) -> None:
-    s = analyze_path(shared_traces / "tracelens/h100_qwen1.5_0.5b").ranks[0].summary()
+    s = analyze_path(_set(shared_traces, "tracelens/h100_qwen1.5_0.5b")).ranks[0].summary()
     parts = (s["idle_pct"], s["compute_pct"], s["non_compute_pct"])
     assert all(p >= 0 for p in parts) and sum(parts) == pytest.approx(100.0)
     assert s["compute_pct"] > 80  # README: GPU-bound (~91 % busy)
@@ -87,26 +111,27 @@ def test_trace_hta_fails_on_still_gives_consistent_figures(shared_traces: Path) 
     ("hta/cupti_profiler", "range-profiler counters"),
 ])
 def test_traces_without_gpu_kernels(shared_traces: Path, name: str, problem: str) -> None:
+    path = _set(shared_traces, name)
     with pytest.raises(TraceError, match=problem):
-        analyze_path(shared_traces / name)
-    ra = next(iter(analyze_path(shared_traces / name, require_gpu=False).ranks.values()))
+        analyze_path(path)
+    ra = next(iter(analyze_path(path, require_gpu=False).ranks.values()))
     assert ra.temporal is None and ra.summary()["idle_pct"] is None
 
 
 def test_rank_from_distributed_info(shared_traces: Path) -> None:
-    assert set(analyze_path(shared_traces / "hta/cpu_only_rank34", require_gpu=False).ranks) \
+    assert set(analyze_path(_set(shared_traces, "hta/cpu_only_rank34"), require_gpu=False).ranks) \
         == {34}
 
 
 def test_two_jobs_in_one_folder_are_mixed_runs(shared_traces: Path, tmp_path: Path) -> None:
-    shutil.copy(shared_traces / "hta/trace_diff_control/control.json.gz", tmp_path)
-    shutil.copy(shared_traces / "hta/trace_diff_test/test.json.gz", tmp_path)
+    shutil.copy(_set(shared_traces, "hta/trace_diff_control") / "control.json.gz", tmp_path)
+    shutil.copy(_set(shared_traces, "hta/trace_diff_test") / "test.json.gz", tmp_path)
     with pytest.raises(TraceError, match="mixed runs in one folder"):
         analyze_path(tmp_path)
 
 
 def test_streaming_a_real_trace_changes_nothing(shared_traces: Path) -> None:
-    path = next((shared_traces / "hta/ns_resolution_trace").glob("*.json.gz"))
+    path = next(_set(shared_traces, "hta/ns_resolution_trace").glob("*.json.gz"))
     whole = analyze_rank(load_rank_trace(path)).summary()
     streamed = analyze_rank(load_rank_trace(path, chunk_bytes=256 * 1024)).summary()
     assert streamed == whole
