@@ -104,6 +104,8 @@ def optimizer_facts(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
 
 def ddp_facts(model: object) -> dict[str, Any] | None:
     """The DDP settings the communication rule quotes, or ``None`` when ``model`` is not DDP."""
+    import torch
+
     if not isinstance(model, torch.nn.parallel.DistributedDataParallel):
         return None
     cap = getattr(model, "bucket_bytes_cap", None)
