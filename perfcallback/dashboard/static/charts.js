@@ -126,7 +126,7 @@ export function severityStrip(tracks, { width = 900 } = {}) {
   const names = Object.keys(tracks);
   const rowH = 22, labelW = 130;
   const steps = [...new Set(names.flatMap((n) => tracks[n].map((p) => p[0])))].sort((a, b) => a - b);
-  const height = names.length * rowH + 36;
+  const height = names.length * rowH + 42;
   const f = frame(width, height, { l: labelW, r: 12, t: 6, b: 30 });
   const slot = (f.x1 - f.x0) / Math.max(1, steps.length);
   names.forEach((n, r) => {

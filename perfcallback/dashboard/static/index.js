@@ -25,6 +25,12 @@ function h(tag, attrs = {}, ...children) {
   return node;
 }
 
+// Replace a node's children; arrays are flattened and null/false left out (as in h()).
+function fill(node, ...children) {
+  node.replaceChildren(...children.flat(Infinity).filter((c) => c !== null && c !== undefined &&
+    c !== false));
+}
+
 async function getJSON(url) {
   const response = await fetch(url);
   let body = null;
@@ -150,9 +156,9 @@ function summaryCards(view) {
 }
 
 async function showRun(pane, run) {
-  pane.replaceChildren(message("Loading…"));
+  fill(pane, message("Loading…"));
   const view = await getJSON(`./run?${q({ run })}`);
-  pane.replaceChildren(...view.messages.map((m) => message(m)), summaryCards(view),
+  fill(pane, ...view.messages.map((m) => message(m)), summaryCards(view),
     breakdownSection(view.breakdown), findingsSection(view), ranksSection(view.ranks),
     groupsSection(view.groups));
 }
@@ -194,15 +200,15 @@ function rankTables(rank, ra) {
 }
 
 async function showTrace(out, run, capture) {
-  out.replaceChildren(message(`Analysing ${capture}…`));
+  fill(out, message(`Analysing ${capture}…`));
   const view = await getJSON(`./trace?${q({ run, capture })}`);
   const links = h("p", {}, "Raw trace (opens in Perfetto or chrome://tracing): ",
     view.capture.files.map((f) => h("a", { href: `./download?${q({ run, capture, file: f })}`,
       download: f, class: "download" }, f)));
-  if (view.error) { out.replaceChildren(message(view.error, "message error"), links); return; }
+  if (view.error) { fill(out, message(view.error, "message error"), links); return; }
   const a = view.analysis;
   const cross = a.cross_rank;
-  out.replaceChildren(links,
+  fill(out, links,
     a.skipped.length ? h("ul", { class: "notes error" }, a.skipped.map((s) => h("li", {}, s))) : null,
     a.notes.length ? h("ul", { class: "notes" }, a.notes.map((n) => h("li", {}, n))) : null,
     Object.keys(a.ranks).length > 1 ? h("p", {}, `Slowest rank ${cross.slowest_rank ?? "–"}, ` +
@@ -215,12 +221,12 @@ function showTraces(pane, runs, run) {
   const captures = entry ? entry.captures : [];
   const out = h("div", {});
   if (!captures.length) {
-    pane.replaceChildren(message("No profiler capture under this run (profiler/<capture>/*.pt.trace.json.gz)."));
+    fill(pane, message("No profiler capture under this run (profiler/<capture>/*.pt.trace.json.gz)."));
     return;
   }
   const select = h("select", { onchange: () => showTrace(out, run, select.value).catch(fail(out)) },
     captures.map((c) => h("option", { value: c }, c)));
-  pane.replaceChildren(section("Profiler captures", h("label", {}, "capture ", select), out));
+  fill(pane, section("Profiler captures", h("label", {}, "capture ", select), out));
   showTrace(out, run, captures[0]).catch(fail(out));
 }
 
@@ -228,7 +234,7 @@ function showTraces(pane, runs, run) {
 function showCompare(pane, runs) {
   const options = runs.flatMap((r) => r.captures.map((c) => ({ run: r.run, capture: c })));
   if (options.length < 2) {
-    pane.replaceChildren(message("Comparing needs two profiler captures (in one run or two)."));
+    fill(pane, message("Comparing needs two profiler captures (in one run or two)."));
     return;
   }
   const pick = (i) => h("select", {}, options.map((o, k) => h("option",
@@ -236,16 +242,16 @@ function showCompare(pane, runs) {
   const sa = pick(0), sb = pick(options.length - 1), out = h("div", {});
   const go = async () => {
     const a = options[Number(sa.value)], b = options[Number(sb.value)];
-    out.replaceChildren(message("Comparing…"));
+    fill(out, message("Comparing…"));
     const [res, ra, rb] = await Promise.all([
       getJSON(`./diff?${q({ a: a.run, ac: a.capture, b: b.run, bc: b.capture })}`),
       getJSON(`./run?${q({ run: a.run })}`), getJSON(`./run?${q({ run: b.run })}`)]);
     const bars = [[`A ${a.run}`, ra], [`B ${b.run}`, rb]].filter(([, v]) => v.report)
       .map(([label, v]) => ({ label, parts: Object.fromEntries(PHASES.map((p) =>
         [p, 1e3 * ((v.report.breakdown || {})[p] || 0)])) }));
-    if (res.error) { out.replaceChildren(message(res.error, "message error")); return; }
+    if (res.error) { fill(out, message(res.error, "message error")); return; }
     const d = res.diff;
-    out.replaceChildren(
+    fill(out, 
       bars.length ? [h("h3", {}, "Step-time breakdown of each run (perf_report.json)"),
         legend(PHASES, PHASE_COLORS), hbarStack(bars)] : null,
       h("h3", {}, "Trace figures (perfcallback diff)"),
@@ -259,13 +265,13 @@ function showCompare(pane, runs) {
           k.name), fmt(k.a_us), fmt(k.b_us), fmt(k.delta_us)]), { numeric: [1, 2, 3] })] : null);
   };
   const button = h("button", { onclick: () => go().catch(fail(out)) }, "Compare");
-  pane.replaceChildren(section("Compare two captures (B against baseline A)",
+  fill(pane, section("Compare two captures (B against baseline A)",
     h("div", { class: "controls" }, h("label", {}, "A ", sa), h("label", {}, "B ", sb), button), out));
   go().catch(fail(out));
 }
 
 // ------------------------------------------------------------------ shell
-const fail = (pane) => (err) => pane.replaceChildren(message(String(err.message || err), "message error"));
+const fail = (pane) => (err) => fill(pane, message(String(err.message || err), "message error"));
 
 export async function render() {
   const css = document.createElement("link");
@@ -279,7 +285,7 @@ export async function render() {
     listing = await getJSON("./runs");
   } catch (err) { fail(root)(err); return; }
   if (!listing.runs.length) {
-    root.replaceChildren(message("No perfcallback data in this logdir yet: run PerfMonitor(logdir=...) " +
+    fill(root, message("No perfcallback data in this logdir yet: run PerfMonitor(logdir=...) " +
       "or PerfCallback and refresh."));
     return;
   }
@@ -297,7 +303,7 @@ export async function render() {
     else showCompare(pane, listing.runs);
   };
   runSelect.addEventListener("change", draw);
-  root.replaceChildren(h("header", {}, h("strong", {}, "perfcallback"),
+  fill(root, h("header", {}, h("strong", {}, "perfcallback"),
     h("label", {}, "run ", runSelect), h("nav", {}, tabs)), pane);
   draw();
 }
