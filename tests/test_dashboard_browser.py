@@ -58,8 +58,9 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
                 "--disable-dev-shm-usage", "--window-size=1280,1100",
                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-dash')}"):
         options.add_argument(arg)
-    # Chromium's DevTools network events (Network.requestWillBeSent) for every frame of the page.
-    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
+    # Chromium's DevTools network events (Network.requestWillBeSent) for every frame of the page,
+    # and the console, where a request that TensorBoard's CSP blocks before it is sent shows up.
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(WAIT_S)
     try:
@@ -135,6 +136,11 @@ def _requested_urls(browser: Any) -> list[str]:
     return urls
 
 
+def _csp_violations(browser: Any) -> list[str]:
+    return [e["message"] for e in browser.get_log("browser")
+            if "Content Security Policy" in e["message"]]
+
+
 def _is_local(url: str) -> bool:
     parts = urllib.parse.urlsplit(url)
     return parts.scheme in ("data", "blob") or (parts.scheme in ("http", "https", "ws")
@@ -145,6 +151,7 @@ def test_tab_shows_breakdown_and_findings_offline(browser: Any, tensorboard: str
     view = _get_json(f"{tensorboard}/data/plugin/perfcallback/run?run=demo")
     assert view["breakdown"]["steps"], "the demo wrote windows"
     browser.get_log("performance")  # drop anything logged before this page
+    browser.get_log("browser")
     browser.get("about:blank")
     browser.get(f"{tensorboard}/#perfcallback")
     _wait_for(browser, ("Step-time breakdown", "Recommendations over the run",
@@ -164,6 +171,7 @@ def test_tab_shows_breakdown_and_findings_offline(browser: Any, tensorboard: str
         assert any(part in u for u in ours), (part, ours)
     outside = [u for u in urls if not _is_local(u)]
     assert outside == [], f"requests that leave the machine: {outside}"
+    assert _csp_violations(browser) == []  # nor any that were tried and blocked
 
 
 def test_traces_tab_analyses_the_capture(browser: Any, tensorboard: str) -> None:
