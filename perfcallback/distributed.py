@@ -1,7 +1,7 @@
 """Ranks under torch.distributed, and the cross-rank exchange of window summaries.
 
 This is the one module that talks to other ranks. It uses no collective at all: every rank writes
-its latest :class:`~perfcallback.ranks.RankSummary` (a fixed 190 bytes) under its own key of the
+its latest :class:`~perfcallback.ranks.RankSummary` (a fixed 198 bytes) under its own key of the
 job's c10d Store (the rendezvous store ``init_process_group`` already created), and rank zero reads
 them. Both happen on a daemon thread, so the training thread only hands over a summary once per
 window and reads rank zero's latest comparison: its cost does not depend on the world size, and no
@@ -36,7 +36,8 @@ from perfcallback.ranks import CrossRank, RankSummary, StragglerHistory, compare
 
 logger = logging.getLogger("perfcallback")
 
-_POLL_S = 0.5  # rank zero's reader looks at the store this often
+_POLL_S = 0.5  # rank zero's reader looks at the store this often (longer for large jobs)
+_POLL_RANKS = 128  # above this many ranks the poll interval grows in proportion
 _sessions = itertools.count()  # monitors created in this process: one key space each
 
 
@@ -95,6 +96,7 @@ class RankExchange:
         self._seen: dict[int, tuple[bytes, float]] = {}  # rank -> (payload, when it changed)
         self._started = time.monotonic()
         self.latest: CrossRank | None = None  # rank zero: the comparison, replaced whole
+        self._poll_s = _POLL_S * max(1.0, world_size / _POLL_RANKS)
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._failed: str | None = None
@@ -139,7 +141,7 @@ class RankExchange:
     # ----------------------------------------------------------------- exchange thread
     def _run(self) -> None:
         while not self._stop.is_set():
-            self._wake.wait(timeout=_POLL_S)
+            self._wake.wait(timeout=self._poll_s)
             self._wake.clear()
             if not self._safely(self._send_pending):
                 return
@@ -168,10 +170,14 @@ class RankExchange:
 
     def _read_all(self) -> None:
         now = time.monotonic()
+        changed = False
         for rank, value in self._fetch().items():
             old = self._seen.get(rank)
             if old is None or old[0] != value:
                 self._seen[rank] = (value, now)
+                changed = True
+        if not changed and self.latest is not None and not self._may_go_missing(now):
+            return  # nothing new: keep the comparison (its cost is O(world size))
         summaries: dict[int, RankSummary] = {}
         missing = []
         for rank in range(self.world_size):
@@ -183,6 +189,11 @@ class RankExchange:
             if silent_s > self.timeout_s and (summary is None or not summary.finished):
                 missing.append(rank)
         self.latest = compare_ranks(self.world_size, summaries, tuple(missing), self._history)
+
+    def _may_go_missing(self, now: float) -> bool:
+        """Some rank's silence may have just passed the timeout (the comparison must say so)."""
+        oldest = min((t for _, t in self._seen.values()), default=self._started)
+        return now - oldest > self.timeout_s or len(self._seen) < self.world_size
 
     def _fetch(self) -> dict[int, bytes]:
         """Every rank's payload that is in the store (one round trip when all are)."""

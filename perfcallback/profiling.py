@@ -27,6 +27,7 @@ import shutil
 import socket
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -51,25 +52,30 @@ _COMPONENT = "profiler"  # fail-open name; the recorder guards on_step_end under
 # thread") leave a broken one whose export crashes the process. A TraceProfiler holds this claim
 # from the start of a capture until its export is written.
 _claim_lock = threading.Lock()
-_claim_holder: TraceProfiler | None = None
+_claim_holder: weakref.ref[TraceProfiler] | None = None
 
 
 def _claim(profiler: TraceProfiler) -> str | None:
-    """Take the process's one profiler session for ``profiler``; else say who holds it."""
+    """Take the process's one profiler session for ``profiler``; else say who holds it.
+
+    A holder that is gone, or that neither captures nor exports any more (a monitor left without
+    being closed), does not block the others.
+    """
     global _claim_holder
     with _claim_lock:
-        if _claim_holder is not None and _claim_holder is not profiler:
+        holder = _claim_holder() if _claim_holder is not None else None
+        if holder is not None and holder is not profiler and holder.busy:
             return "another PerfMonitor or PerfCallback in this process"
         if torch._C._autograd._profiler_enabled():
             return "a torch.profiler session outside perfcallback"
-        _claim_holder = profiler
+        _claim_holder = weakref.ref(profiler)
         return None
 
 
 def _release(profiler: TraceProfiler) -> None:
     global _claim_holder
     with _claim_lock:
-        if _claim_holder is profiler:
+        if _claim_holder is not None and _claim_holder() is profiler:
             _claim_holder = None
 
 
@@ -148,6 +154,11 @@ class TraceProfiler:
         self._thread: threading.Thread | None = None
         self._off = False
         self._told_busy = False  # "another profiler is running" is said once
+
+    @property
+    def busy(self) -> bool:
+        """A capture is in progress or an export is pending (the profiler session is in use)."""
+        return self._session is not None or self._jobs.unfinished_tasks > 0
 
     @property
     def capturing(self) -> bool:

@@ -78,7 +78,7 @@ class _SlowBatches:
 
 
 def _train(rank: int, world: int, out: str, where: str, slow_rank: int, steps: int,
-           width: int = 64, depth: int = 2, batch: int = 8) -> None:
+           width: int = 64, depth: int = 2, batch: int = 8, profile: bool = False) -> None:
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     from perfcallback import PerfMonitor
@@ -91,7 +91,7 @@ def _train(rank: int, world: int, out: str, where: str, slow_rank: int, steps: i
     data = _SlowBatches(steps, SLOW_S if slow and where == "data" else 0.0, batch)
     backward_calls: list[float] = []
     with PerfMonitor(model=model, optimizer=opt, logdir=out, warmup_steps=3, window_steps=10,
-                     profile=False, log_recommendations=False, tensorboard=rank == 0) as perf:
+                     profile=profile, log_recommendations=False, tensorboard=rank == 0) as perf:
         for x, y in perf.wrap_loader(data):
             with perf.step():
                 loss = torch.nn.functional.cross_entropy(model(x), y)
@@ -157,14 +157,26 @@ def test_backward_ends_where_the_users_backward_call_returns(tmp_path: Path) -> 
 
 
 def test_a_balanced_job_gets_no_straggler_or_communication_finding(tmp_path: Path) -> None:
-    # compute-bound: a large batch through a small MLP, whose few gradients sync quickly
-    run_distributed(_train, str(tmp_path), "none", -1, 63, 64, 2, 8192, world_size=2)
+    # compute-bound: a large batch through a small MLP, whose few gradients sync in ~1 ms (gloo
+    # latency: one bucket, so nothing to overlap), a few percent of a ~40 ms step
+    run_distributed(_train, str(tmp_path), "none", -1, 63, 64, 2, 32768, world_size=2)
     results = _results(tmp_path, 2)
     report = results[0]["report"]
     assert _finding(report, "straggler.slow_rank") is None, results[0]["text"]
     comm = _finding(report, "communication.exposed")
     assert comm is None or comm["severity"] == "info", results[0]["text"]
     assert report["ranks"]["1"]["steps"] == 60
+
+
+def test_a_capture_on_rank_zero_is_not_taken_for_a_straggler(tmp_path: Path) -> None:
+    """Profiling slows the rank that runs it (here rank zero's scheduled capture, ~10x per step on
+    CPU); rounds overlapping it are not judged, so it creates no straggler finding."""
+    run_distributed(_train, str(tmp_path), "none", -1, 73, 64, 2, 8192, True, world_size=2)
+    results = _results(tmp_path, 2)
+    report = results[0]["report"]
+    assert report["profiled_steps"] >= 3  # the capture ran
+    assert list(tmp_path.glob("profiler/*/*.pt.trace.json.gz"))
+    assert _finding(report, "straggler.slow_rank") is None, results[0]["text"]
 
 
 def test_a_communication_heavy_model_gets_a_communication_warning(tmp_path: Path) -> None:
