@@ -15,7 +15,10 @@ $(BIN)/python:
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q "$(TORCH_PIN)"
-	$(BIN)/pip install -q -e '.[dev,lightning,tensorboard,nvml,trace]' "$(TORCH_PIN)"
+	$(BIN)/pip install -q -e '.[dev,lightning,tensorboard,nvml,trace,deepspeed,transformers]' "$(TORCH_PIN)"
+	# DeepSpeed JIT-compiles its CPU shared-memory comm op at the first init_distributed (~85 s
+	# on 2 cores, cached in ~/.cache/torch_extensions): build it here, not inside a timed test.
+	DS_ACCELERATOR=cpu $(BIN)/python -c "from deepspeed.comm.torch import build_shm_op; build_shm_op()"
 	touch $@
 
 demo: $(VENV)/.installed
