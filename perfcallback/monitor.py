@@ -162,6 +162,10 @@ class PerfMonitor:
             all_ranks=all_ranks,
             **recorder_kwargs,
         )
+        if type(optimizer).__module__.startswith("accelerate."):
+            # Accelerate's AcceleratedOptimizer never runs Optimizer.__init__ (no step hooks of
+            # its own): hook the torch optimizer it steps.
+            optimizer = getattr(optimizer, "optimizer", optimizer)
         self._model, self._optimizer = model, optimizer
         self.logdir = options.logdir
         self.rank, world_size = rank_and_world()

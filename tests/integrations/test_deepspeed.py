@@ -205,7 +205,7 @@ def test_config_quoted_and_deepspeed_optimizer_accepted(one_process: None) -> No
     assert facts["offload_optimizer"] is None
     assert facts["activation_checkpointing"]["partition_activations"] is False
     assert perf.recorder.context.optimizer["class"] == "SlowAdamW"
-    with pytest.raises(TypeError, match="optimizer must be a torch.optim.Optimizer"):
+    with pytest.raises(TypeError, match=r"optimizer must be a torch\.optim\.Optimizer"):
         PerfMonitor(model=engine.module, optimizer=ds_optimizer)  # a plain module: not accepted
 
 
