@@ -6,7 +6,10 @@ compared with the time the dataset's ``__getitem__`` really spent (a planted sle
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -169,3 +172,23 @@ def test_accelerate_raw_loop_with_perf_monitor() -> None:
     assert report.breakdown["data"] == pytest.approx(data.spent[0] / 20, rel=TOLERANCE)
     for phase, total in spent.items():
         assert report.breakdown[phase] == pytest.approx(total / 20, rel=TOLERANCE), phase
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+@pytest.mark.timeout(200)
+def test_torchrun_two_ranks_each_measure_rank_zero_writes(tmp_path: Path) -> None:
+    from _helpers import free_port
+
+    worker = Path(__file__).with_name("_hf_torchrun_worker.py")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+           f"--master_port={free_port()}", str(worker), str(tmp_path)]
+    done = subprocess.run(cmd, env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+                          timeout=180, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for r, info in enumerate(ranks):
+        assert info["distributed"] and info["world_size"] == 2 and info["rank"] == r
+        assert info["steps"] == info["global_step"] == 10
+    files = sorted(p.name for p in (tmp_path / "perf").iterdir())
+    assert "perf_report.json" in files and "perf_report.rank1.json" not in files, files
