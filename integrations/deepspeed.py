@@ -33,6 +33,8 @@ from perfcallback.integrations._patch import InstancePatches, bracket
 from perfcallback.recorder import StepRecorder
 from perfcallback.stats import BACKWARD, OPTIMIZER
 
+__all__ = ["DeepSpeedProbe", "config_facts", "torch_optimizer"]
+
 PROBE = "deepspeed_probe"  # fail-open component name of the engine wrappers
 
 

@@ -48,6 +48,8 @@ from perfcallback.stats import BACKWARD, FORWARD, OPTIMIZER
 
 transformers = require("transformers", extra="transformers")
 
+__all__ = ["PerfTrainerCallback"]
+
 _HOOKS = "transformers_callback"  # fail-open component name of the hooks and the wrappers
 F = TypeVar("F", bound=Callable[..., Any])
 

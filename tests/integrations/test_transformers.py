@@ -192,3 +192,25 @@ def test_torchrun_two_ranks_each_measure_rank_zero_writes(tmp_path: Path) -> Non
         assert info["steps"] == info["global_step"] == 10
     files = sorted(p.name for p in (tmp_path / "perf").iterdir())
     assert "perf_report.json" in files and "perf_report.rank1.json" not in files, files
+
+
+class _BrokenCallback(PerfTrainerCallback):
+    """A fault inside the callback's fetch wrapper: an internal error in the middle of train()."""
+
+    def _close_step(self) -> None:
+        if self._session is not None and self._session.recorder.steps_seen >= 3:
+            raise RuntimeError("planted perfcallback bug")
+        super()._close_step()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_internal_error_fails_open_and_training_goes_on(tmp_path: Path) -> None:
+    perf = _BrokenCallback(warmup_steps=0, log_recommendations=False, profile=False)
+    trainer = make_trainer(tmp_path, perf, SlowTokens(12 * 8), max_steps=12)
+    trainer.train()
+    assert trainer.state.global_step == 12  # training finished
+    report = perf.report()
+    assert "planted perfcallback bug" in report.disabled["transformers_callback"]
+    assert report.steps == 3  # measured until the fault, then switched off
+    assert "get_batch_samples" not in vars(trainer) and "compute_loss" not in vars(trainer)
