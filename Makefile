@@ -13,9 +13,13 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
+# DeepSpeed JIT-compiles its CPU shared-memory comm op at the first init_distributed (~85 s on 2
+# cores, then cached in ~/.cache/torch_extensions): built here, not inside a timed test.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q "$(TORCH_PIN)"
-	$(BIN)/pip install -q -e '.[dev,lightning,tensorboard,nvml,trace]' "$(TORCH_PIN)"
+	$(BIN)/pip install -q -e '.[dev,lightning,tensorboard,nvml,trace,deepspeed,transformers]' "$(TORCH_PIN)"
+	DS_ACCELERATOR=cpu $(BIN)/python -c "from deepspeed.comm.torch import build_shm_op; build_shm_op()" \
+		|| echo "warning: DeepSpeed's CPU comm op did not build; DeepSpeed tests may be slow" >&2
 	touch $@
 
 demo: $(VENV)/.installed

@@ -17,6 +17,10 @@ Lightning run and a raw loop under ``PerfMonitor`` are measured the same way.
   progress bar, checkpoints) is part of the step ("other"), so ``steps_per_s`` matches the
   progress bar's rate.
 - **Validation** during fit (not the sanity check) is timed apart and never counts as step time.
+- **DeepSpeedStrategy**: Lightning routes backward through ``engine.backward`` (inside
+  ``on_before_backward``/``on_after_backward``) and the update through ``engine.step`` (inside
+  the strategy's ``optimizer_step``), so DeepSpeed's reduction and ZeRO's step land in backward
+  and optimizer as they do under ``PerfMonitor``; the engine's config is quoted by the rules.
 - **Outputs** (loggers, the TensorBoard run and its step axis, profiler traces, the report file)
   are wired in :mod:`perfcallback.integrations._lightning_outputs`.
 
@@ -44,7 +48,7 @@ from perfcallback.context import (
 from perfcallback.hooks import GradSyncProbe
 from perfcallback.integrations._lightning_outputs import StepAxis, logger_sinks, output_targets
 from perfcallback.integrations._lightning_seams import TrainerProbes
-from perfcallback.monitor import batch_size_of
+from perfcallback.monitor import batch_size_of, is_deepspeed_engine
 from perfcallback.profiling import ProfileOptions
 from perfcallback.recorder import StepRecorder
 from perfcallback.report import Recommendation, Report
@@ -376,6 +380,13 @@ class PerfCallback(*_BASES):  # type: ignore[misc]
         ctx.loader = loader_facts(loader) if loader is not None else None
         if trainer.optimizers:
             ctx.optimizer = optimizer_facts(trainer.optimizers[0])
+        engine = trainer.strategy.model
+        if is_deepspeed_engine(engine):  # DeepSpeedStrategy: rules quote the engine's config
+            from perfcallback.integrations.deepspeed import config_facts, torch_optimizer
+
+            ctx.extra["deepspeed"] = config_facts(engine)
+            inner = torch_optimizer(engine.optimizer)  # the torch optimizer inside ZeRO's wrapper
+            ctx.optimizer = optimizer_facts(inner) if inner is not None else ctx.optimizer
         module = trainer.lightning_module
         ctx.param_dtype = param_dtype(module)
         # Lightning unwraps torch.compile(model) and keeps the compile settings on the module.

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
@@ -29,6 +29,9 @@ from perfcallback.report import Recommendation, Report
 from perfcallback.session import EngineSession, SessionOptions
 from perfcallback.sinks import Sink
 
+if TYPE_CHECKING:
+    from perfcallback.integrations.deepspeed import DeepSpeedProbe
+
 T = TypeVar("T")
 _RECORDER = "recorder"  # fail-open component name of the loop's calls into the recorder
 
@@ -45,6 +48,18 @@ def batch_size_of(batch: Any) -> int:
         else:
             return 0
     return 0
+
+
+def is_deepspeed_engine(model: object) -> bool:
+    """``model`` is a DeepSpeed engine (checked by class name, without importing DeepSpeed)."""
+    return model is not None and any(
+        cls.__name__ == "DeepSpeedEngine" and cls.__module__.startswith("deepspeed.")
+        for cls in type(model).__mro__
+    )
+
+
+def _from_deepspeed(obj: object) -> bool:
+    return type(obj).__module__.startswith("deepspeed.")
 
 
 class _StepContext:
@@ -68,8 +83,12 @@ class PerfMonitor:
     """Measure where each training step's time goes, in a plain PyTorch loop.
 
     Args:
-        model: The root module; when given, forward and backward are timed through hooks.
-        optimizer: When given, ``optimizer.step()`` is timed through step hooks.
+        model: The root module; when given, forward and backward are timed through hooks. A
+            DeepSpeed engine (from ``deepspeed.initialize``) is timed through its own calls
+            (:mod:`perfcallback.integrations.deepspeed`): ``engine.backward`` and
+            ``engine.step`` with DeepSpeed's reduction and ZeRO's update, its config quoted.
+        optimizer: When given, ``optimizer.step()`` is timed through step hooks. With a DeepSpeed
+            engine it is optional, may be DeepSpeed's own optimizer, and only informs the rules.
         logdir: Directory for ``perf_report.json`` and TensorBoard output; ``None`` writes none.
         warmup_steps: Leading steps left out of the figures.
         window_steps: Steps per window; rules and sinks run once per window.
@@ -128,7 +147,10 @@ class PerfMonitor:
     ) -> None:
         if model is not None and not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+        deepspeed = is_deepspeed_engine(model)
+        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer) and not (
+            deepspeed and _from_deepspeed(optimizer)
+        ):
             raise TypeError(
                 f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
             )
@@ -146,12 +168,23 @@ class PerfMonitor:
             all_ranks=all_ranks,
             **recorder_kwargs,
         )
+        if type(optimizer).__module__.startswith("accelerate."):
+            # Accelerate's AcceleratedOptimizer never runs Optimizer.__init__ (no step hooks of
+            # its own): hook the torch optimizer it steps.
+            optimizer = getattr(optimizer, "optimizer", optimizer)
         self._model, self._optimizer = model, optimizer
         self.logdir = options.logdir
         self.rank, world_size = rank_and_world()
         self.session = EngineSession(options, rank=self.rank, world_size=world_size)
         self.recorder = self.session.recorder
         context = self.recorder.context
+        self._deepspeed: DeepSpeedProbe | None = None
+        if deepspeed:  # imported only for a DeepSpeed engine: the core never imports DeepSpeed
+            from perfcallback.integrations import deepspeed as ds
+
+            self._optimizer = None  # engine.step() is timed as a whole, not the inner step
+            optimizer = ds.torch_optimizer(optimizer or model.optimizer)  # type: ignore[union-attr]
+            context.extra["deepspeed"] = ds.config_facts(model)
         if optimizer is not None:
             context.optimizer = optimizer_facts(optimizer)
         if model is not None:  # facts the precision and recompilation rules quote
@@ -172,6 +205,7 @@ class PerfMonitor:
         self._exited = False
         self._step_ctx = _StepContext(self)
         self._stepping = False  # the monitor's own view: valid even if the recorder is off
+        self._held = False  # the step stays open across step blocks until the update (DeepSpeed)
         # The loop's calls into the recorder, each behind the fail-open guard: an internal error
         # switches measuring off ("recorder" in Report.disabled) and training goes on.
         guard = self.session.failopen.guard
@@ -193,6 +227,10 @@ class PerfMonitor:
             raise RuntimeError("PerfMonitor is not re-entrant: create a new PerfMonitor per run")
         self._entered = True
         self._hooks = PhaseHooks(self.recorder, self._model, self._optimizer)
+        if "deepspeed" in self.recorder.context.extra:
+            from perfcallback.integrations.deepspeed import DeepSpeedProbe
+
+            self._deepspeed = DeepSpeedProbe(self.recorder, self._model)
         self.recorder.install_gc_probe()
         return self
 
@@ -207,6 +245,8 @@ class PerfMonitor:
                 self.recorder.abort_step()
             if self._hooks is not None:
                 self._hooks.remove()
+            if self._deepspeed is not None:
+                self._deepspeed.remove()
         finally:
             self._exited = True
             self.session.close()
@@ -241,6 +281,10 @@ class PerfMonitor:
     def step(self) -> _StepContext:
         """Context manager around one training iteration (one optimizer step).
 
+        With a DeepSpeed engine, one block per micro-batch is fine: blocks whose
+        ``engine.step()`` does not reach the gradient-accumulation boundary are joined with the
+        next, so a step is one optimizer update either way.
+
         Raises:
             RuntimeError: used outside the ``with PerfMonitor(...)`` block, or nested.
         """
@@ -257,12 +301,16 @@ class PerfMonitor:
                 "perf.step() blocks cannot be nested: one `with perf.step():` per optimizer step"
             )
         self._stepping = True
-        self._begin_step()
+        if not self._held:
+            self._begin_step()
+        self._held = False
 
     def _exit_step(self, failed: bool) -> None:
         self._stepping = False
         if failed:
             self._abort_step()
+        elif self._deepspeed is not None and not self._deepspeed.update_done():
+            self._held = True  # a DeepSpeed micro-batch: the step ends with its optimizer update
         else:
             self._end_step()
 

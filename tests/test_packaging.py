@@ -40,3 +40,18 @@ def test_integrations_package_imports_no_framework() -> None:
     path, frameworks = proc.stdout.splitlines()
     assert Path(path).parts[-2:] == ("integrations", "__init__.py")
     assert frameworks == "[]"
+
+
+def test_core_imports_no_deepspeed_or_transformers() -> None:
+    """A plain model under PerfMonitor never imports DeepSpeed, Transformers or Accelerate."""
+    code = (
+        "import sys, torch\n"
+        "from perfcallback import PerfMonitor\n"
+        "model = torch.nn.Linear(2, 2)\n"
+        "with PerfMonitor(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1)):\n"
+        "    pass\n"
+        "print(sorted({'deepspeed', 'transformers', 'accelerate'} & set(sys.modules)))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"

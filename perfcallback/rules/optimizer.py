@@ -41,6 +41,12 @@ def optimizer_dominant(
     for key in ("class", "foreach", "fused", "n_params", "n_tensors"):
         if key in facts:
             evidence[key] = facts[key]
+    ds = ctx.extra.get("deepspeed")
+    if ds is not None:  # the update runs inside engine.step(): the fix is a DeepSpeed setting
+        evidence.update({k: ds.get(k) for k in ("zero_stage", "offload_optimizer")})
+        fix, gain = _deepspeed_fix(ds, facts, ctx.world_size, share)
+        message = f"engine.step() takes {share:.0%} of step time ({opt_s * 1e3:.1f} ms/step). {fix}"
+        return Finding(severity=severity, message=message, evidence=evidence, est_gain=gain)
     fix, gain = _fix(facts, ctx.device_type, share)
     message = f"optimizer.step() takes {share:.0%} of step time ({opt_s * 1e3:.1f} ms/step). {fix}"
     return Finding(severity=severity, message=message, evidence=evidence, est_gain=gain)
@@ -75,5 +81,41 @@ def _fix(facts: Mapping[str, Any], device_type: str, share: float) -> tuple[str,
         "work per step instead: a larger batch (or gradient accumulation) to step less often, "
         "sparse=True embeddings with SparseAdam, or shard the optimizer state "
         "(ZeroRedundancyOptimizer, FSDP) across ranks.",
+        None,
+    )
+
+
+def _deepspeed_fix(
+    ds: Mapping[str, Any], facts: Mapping[str, Any], world_size: int, share: float
+) -> tuple[str, float | None]:
+    """The DeepSpeed config change to suggest, from the engine's settings (``config_facts``)."""
+    stage, offload = ds.get("zero_stage"), ds.get("offload_optimizer")
+    accumulation = ds.get("gradient_accumulation_steps")
+    name = facts.get("class", "the client optimizer")
+    if offload:
+        return (
+            f"ZeRO offloads the optimizer to {offload} (zero_optimization.offload_optimizer): the "
+            "update runs on the host. Let DeepSpeed build DeepSpeedCPUAdam (config \"optimizer\": "
+            "{\"type\": \"AdamW\"} instead of a torch optimizer), or drop the offload if device "
+            "memory allows.",
+            share * _FIX_SAVES,
+        )
+    if world_size > 1 and not stage:
+        return (
+            f"Shard the update across the {world_size} ranks: set zero_optimization.stage=1 (now "
+            f"{stage}), so each rank updates 1/{world_size} of the parameters and all-gathers the "
+            "rest.",
+            share * (1 - 1 / world_size),
+        )
+    if facts.get("supports_fused") and not facts.get("fused"):
+        return (
+            f"Let DeepSpeed build its fused optimizer: pass no optimizer= to deepspeed.initialize "
+            f"and set \"optimizer\": {{\"type\": \"AdamW\", ...}} in the config (FusedAdam on "
+            f"GPU, DeepSpeedCPUAdam on CPU), or construct {name}(..., fused=True).",
+            share * _FIX_SAVES,
+        )
+    return (
+        f"Step less often: raise gradient_accumulation_steps (now {accumulation}) or "
+        "train_micro_batch_size_per_gpu, so one update serves more samples.",
         None,
     )

@@ -69,3 +69,33 @@ def test_unknown_optimizer_asks_for_it() -> None:
 
 def test_silent_below_absolute_floor() -> None:
     assert run(RULE, window(step_s=1e-3, phases={"optimizer": 4e-4})) is None
+
+
+def deepspeed_facts(**kw: Any) -> dict[str, Any]:
+    facts = {"zero_stage": 2, "offload_optimizer": None, "gradient_accumulation_steps": 1}
+    return facts | kw
+
+
+@pytest.mark.parametrize(
+    ("ds", "world_size", "opt", "expected"),
+    [
+        (deepspeed_facts(offload_optimizer="cpu"), 1, adam(),
+         "offloads the optimizer to cpu (zero_optimization.offload_optimizer)"),
+        (deepspeed_facts(zero_stage=0), 4, adam(), "zero_optimization.stage=1 (now 0)"),
+        (deepspeed_facts(), 4, adam(), "pass no optimizer= to deepspeed.initialize"),
+        (deepspeed_facts(), 1, adam(fused=True), "raise gradient_accumulation_steps (now 1)"),
+    ],
+)
+def test_deepspeed_fix_names_the_config_setting(
+    ds: dict[str, Any], world_size: int, opt: dict[str, Any], expected: str
+) -> None:
+    ctx = context(optimizer=opt, world_size=world_size, extra={"deepspeed": ds})
+    rec = run(RULE, window(phases={"optimizer": 0.7}), ctx)
+    assert rec is not None
+    assert rec.message.startswith("engine.step() takes 70%") and expected in rec.message
+    assert rec.evidence["zero_stage"] == ds["zero_stage"]
+
+
+def test_deepspeed_stays_silent_when_the_update_is_small() -> None:
+    ctx = context(optimizer=adam(), extra={"deepspeed": deepspeed_facts()})
+    assert run(RULE, window(phases={"optimizer": 0.1}), ctx) is None
