@@ -157,6 +157,8 @@ class StepRecorder:
         self._gc_pause_s = 0.0
         self._gc_count = 0
         self._gc_installed = False
+        # gc runs its callbacks anywhere; an error there would be printed as "Exception ignored"
+        self._gc_callback = self.failopen.guard("gc_probe", self._on_gc)
         self._closed = False
         self.steps_seen = 0  # steps ended, warm-up included
         self._warmup_end = warmup_steps  # steps up to this index are warm-up (moves on resume)
@@ -193,7 +195,7 @@ class StepRecorder:
     def install_gc_probe(self) -> None:
         """Start timing garbage collections (``gc.callbacks``); undone by :meth:`close`."""
         if not self._gc_installed:
-            gc.callbacks.append(self._on_gc)
+            gc.callbacks.append(self._gc_callback)
             self._gc_installed = True
 
     def close(self) -> None:
@@ -202,7 +204,7 @@ class StepRecorder:
             return
         self._closed = True
         if self._gc_installed:
-            gc.callbacks.remove(self._on_gc)
+            gc.callbacks.remove(self._gc_callback)
             self._gc_installed = False
         if self._cuda is not None:
             self.failopen.guard("cuda_timer", self._apply_device)(self._cuda.drain())
