@@ -96,6 +96,7 @@ class PhaseHooks:
     ) -> None:
         self._rec = recorder
         self._handles: list[RemovableHandle] = []
+        self._shadowed: list[tuple[object, str]] = []  # instance attributes to delete at remove()
         self._depth = 0
         self._in_backward = False
         guard = recorder.failopen.guard
@@ -112,6 +113,34 @@ class PhaseHooks:
         self._handles.append(
             model.register_forward_hook(guard("forward_hook", self._fwd_post), always_call=True)
         )
+        self._handles.append(
+            model.register_forward_hook(guard("forward_hook", self._arm_backward), prepend=True)
+        )
+        self._install_fsdp(model)
+
+    def _install_fsdp(self, model: torch.nn.Module) -> None:
+        """FSDP2 (``fully_shard``): backward starts at the first FSDP pre-backward hook.
+
+        FSDP registers its pre-backward hook on each wrapped module's output as that module's
+        forward ends, so on the model's output it fires before ours: it all-gathers parameters for
+        backward and queues FSDP's final callback (which waits for the reduce-scatter). Shadowing
+        ``_pre_backward`` on each FSDP state instance (bound when FSDP registers the hook, at every
+        forward) starts backward there, and queues GradSyncProbe's first callback before FSDP's.
+        """
+        on_grad = self._on_grad
+        for module in model.modules():
+            get_state = getattr(module, "_get_fsdp_state", None)
+            state = get_state() if callable(get_state) else None
+            original = getattr(state, "_pre_backward", None)
+            if state is None or original is None or "_pre_backward" in vars(state):
+                continue
+
+            def pre_backward(grad: torch.Tensor, _original: Any = original) -> Any:
+                on_grad(grad)
+                return _original(grad)
+
+            state._pre_backward = pre_backward
+            self._shadowed.append((state, "_pre_backward"))
 
     def _install_optimizer(self, optimizer: torch.optim.Optimizer, guard: Any) -> None:
         self._handles.append(
@@ -126,6 +155,9 @@ class PhaseHooks:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        for obj, name in self._shadowed:
+            vars(obj).pop(name, None)
+        self._shadowed.clear()
 
     # hooks: short, and everything measured lives in the recorder
     def _fwd_pre(self, module: torch.nn.Module, args: Any) -> None:
@@ -138,7 +170,9 @@ class PhaseHooks:
         if self._depth:
             return
         self._rec.phase_end(FORWARD)
-        if self._rec.in_step and torch.is_grad_enabled():
+
+    def _arm_backward(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+        if self._depth == 1 and self._rec.in_step and torch.is_grad_enabled():
             tensor = _first_grad_tensor(output)
             if tensor is not None:
                 tensor.register_hook(self._on_grad)  # type: ignore[no-untyped-call]

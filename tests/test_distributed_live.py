@@ -262,3 +262,47 @@ def test_rank_zero_killed_leaves_the_others_training(tmp_path: Path) -> None:
     assert codes == [-signal.SIGKILL, 0]
     result = json.loads((tmp_path / "rank1.json").read_text())
     assert result["report"]["steps"] == 78
+
+
+# ----------------------------------------------------------------- FSDP2
+def _fsdp(rank: int, world: int, out: str) -> None:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    from perfcallback import PerfMonitor
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    mesh = init_device_mesh("cpu", (world,))
+    model = torch.nn.Sequential(*[torch.nn.Linear(256, 256) for _ in range(4)])
+    for layer in model:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    calls: list[float] = []
+    with PerfMonitor(model=model, optimizer=opt, warmup_steps=3, window_steps=5, profile=False,
+                     log_recommendations=False) as perf:
+        for x in perf.wrap_loader([torch.randn(32, 256) for _ in range(23)]):
+            with perf.step():
+                loss = model(x).sum()
+                t0 = time.perf_counter()
+                loss.backward()
+                calls.append(time.perf_counter() - t0)
+                opt.step()
+                opt.zero_grad()
+    states = [m._get_fsdp_state() for m in model.modules() if hasattr(m, "_get_fsdp_state")]
+    result = {"report": perf.report().to_dict(), "call_s": sum(calls[3:]) / len(calls[3:]),
+              "unpatched": all("_pre_backward" not in vars(s) for s in states)}
+    Path(out, f"rank{rank}.json").write_text(json.dumps(result))
+
+
+def test_fsdp2_backward_and_its_reduce_scatter_wait(tmp_path: Path) -> None:
+    """fully_shard on CPU with gloo: backward runs from FSDP's first pre-backward hook (its
+    all-gather) to where the backward call returns; FSDP's wait at the end is exposed sync."""
+    run_distributed(_fsdp, str(tmp_path), world_size=2)
+    for result in _results(tmp_path, 2):
+        b, call = result["report"]["breakdown"], result["call_s"]
+        assert abs(b["backward"] - call) < 0.15 * call, (b, call)
+        assert b["other"] < 0.15 * b["step"], b
+        assert result["report"]["communication"]["exposed_s"] > 0
+        assert result["unpatched"]
