@@ -40,6 +40,7 @@ from typing import Any, TypeVar
 from perfcallback._optional import require
 from perfcallback.context import (
     ddp_facts,
+    ddp_runtime_figures,
     is_compiled,
     loader_facts,
     optimizer_facts,
@@ -392,9 +393,11 @@ class PerfCallback(*_BASES):  # type: ignore[misc]
         # Lightning unwraps torch.compile(model) and keeps the compile settings on the module.
         compiled_by_lightning = getattr(module, "_compiler_ctx", None) is not None
         ctx.compile_in_use = is_compiled(module) or compiled_by_lightning
-        ddp = ddp_facts(getattr(trainer.strategy, "model", None))
+        wrapped = getattr(trainer.strategy, "model", None)
+        ddp = ddp_facts(wrapped)
         if ddp is not None:
             ctx.extra["ddp"] = ddp
+            self._active().comm_sources.append(lambda: ddp_runtime_figures(wrapped))
 
     def _switch_off(self) -> None:
         """Fail-open cleanup of the callback's hooks: stop acting and unwrap the Trainer."""

@@ -118,6 +118,25 @@ def ddp_facts(model: object) -> dict[str, Any] | None:
     }
 
 
+def ddp_runtime_figures(model: object) -> dict[str, float]:
+    """What DDP itself measured, from its runtime logging data (sampled: the first 10 iterations,
+    then one in 100): ``ddp_comm_s`` per backward (first bucket's all-reduce start to the last's
+    end), ``ddp_overlap_s`` (the part of it during backward compute), ``ddp_backward_compute_s``.
+    Read once, at report time: the call builds DDP's whole logging record."""
+    get = getattr(model, "_get_ddp_logging_data", None)
+    if not callable(get):
+        return {}
+    data = get()
+    out = {}
+    for key, name in (("avg_backward_comm_time", "ddp_comm_s"),
+                      ("avg_backward_compute_comm_overlap_time", "ddp_overlap_s"),
+                      ("avg_backward_compute_time", "ddp_backward_compute_s")):
+        value = data.get(key)
+        if isinstance(value, int) and value > 0:
+            out[name] = value / 1e9  # DDP reports nanoseconds
+    return out
+
+
 def host_memory_bytes() -> int | None:
     """Physical memory of the host in bytes (``None`` where ``sysconf`` cannot tell)."""
     try:

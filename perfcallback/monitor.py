@@ -8,6 +8,7 @@ session's (:mod:`perfcallback.session`).
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
@@ -17,6 +18,7 @@ import torch
 
 from perfcallback.context import (
     ddp_facts,
+    ddp_runtime_figures,
     is_compiled,
     loader_facts,
     optimizer_facts,
@@ -193,6 +195,7 @@ class PerfMonitor:
             ddp = ddp_facts(model)
             if ddp is not None:
                 context.extra["ddp"] = ddp
+                self.recorder.comm_sources.append(functools.partial(ddp_runtime_figures, model))
         # stacklevel 2 from open_outputs: the warning points at the user's PerfMonitor(...) line
         self.session.open_outputs(
             report_dir=self.logdir,

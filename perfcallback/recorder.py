@@ -111,6 +111,8 @@ class StepRecorder:
         self.trace_figures: dict[str, float] = {}  # from the latest capture, see join_capture()
         # Callables returning more WindowStats fields (the cross-rank comparison), read per window
         self.window_sources: list[Callable[[], Mapping[str, Any]]] = []
+        # Callables returning more Report.communication figures (DDP's own), read at report time
+        self.comm_sources: list[Callable[[], Mapping[str, float]]] = []
         self.failopen = FailOpen()
         self.pipeline = WindowPipeline(
             context=self.context,
@@ -549,7 +551,10 @@ class StepRecorder:
             return {}
         exposed = totals.comm_exposed_s / totals.steps
         step = totals.step_s / totals.steps
-        return {"exposed_s": exposed, "exposed_share": exposed / step if step > 0 else 0.0}
+        out = {"exposed_s": exposed, "exposed_share": exposed / step if step > 0 else 0.0}
+        for source in self.comm_sources:
+            out.update(self.failopen.call("comm_source", source) or {})
+        return out
 
     def _memory_figures(self, stats: WindowStats | None) -> dict[str, float]:
         out: dict[str, float] = {}

@@ -110,7 +110,10 @@ class Report:
         profiled_steps: Steps run under the profiler, left out of every figure above.
         communication: Under torch.distributed: ``exposed_s``, the mean wait per step for
             gradient synchronisation at the end of backward (part of ``backward``), and
-            ``exposed_share`` of the step; empty in one process.
+            ``exposed_share`` of the step; under DDP also what DDP's runtime logging measured on
+            its sampled iterations: ``ddp_comm_s`` (all-reduce time per backward),
+            ``ddp_overlap_s`` (the part overlapped by backward compute) and
+            ``ddp_backward_compute_s``. Empty in one process.
         ranks: On rank zero of a distributed run, every rank's figures keyed by the rank as a
             string: ``breakdown`` (the same keys as :attr:`breakdown`, whole run),
             ``comm_exposed_s``, its latest ``window``, ``finished`` and ``missing``; plus
@@ -191,11 +194,17 @@ class Report:
                 f"{self.gc.get('pause_s_per_step', 0.0) * 1e3:.3f} ms/step paused"
             )
         if self.communication:
+            comm = self.communication
             lines.append(
-                f"  gradient sync wait (in backward): "
-                f"{self.communication.get('exposed_s', 0.0) * 1e3:.3f} ms/step, "
-                f"{self.communication.get('exposed_share', 0.0):.1%} of the step"
+                f"  gradient sync wait (in backward): {comm.get('exposed_s', 0.0) * 1e3:.3f} "
+                f"ms/step, {comm.get('exposed_share', 0.0):.1%} of the step"
             )
+            if "ddp_comm_s" in comm:
+                lines.append(
+                    f"  DDP's own timing (sampled): all-reduce {comm['ddp_comm_s'] * 1e3:.3f} ms "
+                    f"per backward, {comm.get('ddp_overlap_s', 0.0) * 1e3:.3f} ms of it "
+                    "overlapped with backward compute"
+                )
         lines.extend(_ranks_table(self.ranks))
         if self.recommendations:
             lines.append("recommendations:")

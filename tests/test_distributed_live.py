@@ -119,7 +119,7 @@ def _finding(report: dict[str, Any], rule: str) -> dict[str, Any] | None:
 
 
 @pytest.mark.parametrize(("where", "world"), [("data", 2), ("forward", 2), ("backward", 2),
-                                              ("backward", 4)])
+                                              ("data", 4), ("forward", 4), ("backward", 4)])
 def test_a_planted_straggler_is_named_with_its_rank_and_phase(
     tmp_path: Path, where: str, world: int
 ) -> None:
@@ -154,6 +154,8 @@ def test_backward_ends_where_the_users_backward_call_returns(tmp_path: Path) -> 
     fast = _results(tmp_path, 2)[0]["report"]
     # the fast rank's backward is mostly waiting for the slow one: exposed sync wait
     assert fast["communication"]["exposed_s"] > 0.5 * SLOW_S
+    # and DDP's own runtime logging agrees that its all-reduce spans that wait
+    assert fast["communication"]["ddp_comm_s"] > 0.5 * SLOW_S
 
 
 def test_a_balanced_job_gets_no_straggler_or_communication_finding(tmp_path: Path) -> None:
