@@ -175,7 +175,7 @@ def tensorboard_logger(trainer: Any) -> Any:
     for name in _PACKAGES:
         try:
             classes.append(importlib.import_module(f"{name}.loggers").TensorBoardLogger)
-        except (ImportError, AttributeError):
+        except Exception:  # missing, or installed but broken: no TensorBoardLogger to find
             continue
     return next((lg for lg in trainer.loggers if isinstance(lg, tuple(classes))), None)
 

@@ -14,6 +14,11 @@ class MissingExtraError(ImportError):
     """An optional dependency is not installed; the message names the extra that provides it."""
 
 
+class BrokenExtraError(MissingExtraError):
+    """An optional dependency is installed but raises on import (not only ``ImportError``: a
+    protobuf mismatch raises ``TypeError``). Treated like a missing extra: the feature is off."""
+
+
 def require(module: str, *, extra: str) -> ModuleType:
     """Import ``module`` or raise :class:`MissingExtraError` naming ``perfcallback[extra]``.
 
@@ -22,7 +27,8 @@ def require(module: str, *, extra: str) -> ModuleType:
         extra: The perfcallback extra that installs it, e.g. ``"lightning"``.
 
     Raises:
-        MissingExtraError: ``module`` cannot be imported.
+        MissingExtraError: ``module`` is not installed.
+        BrokenExtraError: ``module`` is installed but its import raises.
     """
     try:
         return importlib.import_module(module)
@@ -30,4 +36,10 @@ def require(module: str, *, extra: str) -> ModuleType:
         raise MissingExtraError(
             f"perfcallback needs the optional package {module!r} for this feature, and it is not "
             f"installed. Install it with: pip install 'perfcallback[{extra}]'"
+        ) from exc
+    except Exception as exc:  # installed but broken (e.g. a protobuf mismatch): same handling
+        raise BrokenExtraError(
+            f"the optional package {module!r} is installed but fails to import "
+            f"({type(exc).__name__}: {exc}). Repair it, e.g. "
+            f"pip install --force-reinstall 'perfcallback[{extra}]'"
         ) from exc

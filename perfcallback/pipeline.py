@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from perfcallback.context import RunContext
-from perfcallback.failopen import FailOpen
+from perfcallback.failopen import USER_PREFIX, FailOpen
 from perfcallback.findings import FindingTracker
 from perfcallback.report import Recommendation, sort_recommendations
 from perfcallback.rules import check_disabled, evaluate
@@ -51,13 +51,14 @@ class WindowPipeline:
         self.disabled_rules = tuple(disabled_rules)
         check_disabled(self.disabled_rules)
         self.sinks: list[Sink] = list(sinks)
+        self.user_sinks: set[int] = set()  # id() of sinks the user passed: their errors are theirs
         self._tracker = FindingTracker(fire_after=fire_after, clear_after=clear_after)
 
     def process(self, stats: WindowStats) -> None:
         """Evaluate ``stats`` and deliver the resulting events and the summary to every sink."""
         events = self._tracker.update(self.evaluate(stats))
         for i, sink in enumerate(self.sinks):
-            name = sink_name(i, sink)
+            name = self.sink_name(i, sink)
             if not self.failopen.is_on(name):
                 continue
             # Events first, so a sink that writes per window sees the findings of this window.
@@ -91,9 +92,10 @@ class WindowPipeline:
 
     def close(self) -> None:
         for i, sink in enumerate(self.sinks):
-            self.failopen.call(sink_name(i, sink), sink.close)
+            self.failopen.call(self.sink_name(i, sink), sink.close)
 
-
-def sink_name(position: int, sink: Sink) -> str:
-    """The fail-open component name of ``sink`` (see :attr:`Sink.failopen_name`)."""
-    return sink.failopen_name or f"sink[{position}]:{type(sink).__name__}"
+    def sink_name(self, position: int, sink: Sink) -> str:
+        """The fail-open component name of ``sink`` (see :attr:`Sink.failopen_name`); a sink the
+        user passed is named ``user:sink[i]:<class>``, so its errors are reported as theirs."""
+        name = sink.failopen_name or f"sink[{position}]:{type(sink).__name__}"
+        return f"{USER_PREFIX}{name}" if id(sink) in self.user_sinks else name

@@ -103,6 +103,22 @@ class _Session:
         self.step_fn: Any = None
 
 
+def _write_failure(folder: Path) -> OSError:
+    """Why Kineto could not write a trace into ``folder``, as the ``OSError`` the disk gave."""
+    import errno
+    import resource
+
+    with contextlib.suppress(OSError):
+        st = os.statvfs(folder)
+        if st.f_bavail * st.f_frsize < 16 * _MB:
+            return OSError(errno.ENOSPC, "no space left on device for the trace", str(folder))
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if soft != resource.RLIM_INFINITY:
+        return OSError(errno.EFBIG, f"file size limit ({soft} bytes) reached writing the trace",
+                       str(folder))
+    return OSError(errno.EIO, "the profiler could not write the trace", str(folder))
+
+
 class TraceProfiler:
     """Captures short profiler traces into ``logdir`` while a :class:`StepRecorder` runs.
 
@@ -319,14 +335,20 @@ class TraceProfiler:
         final = folder / f"{self.worker}.{time.time_ns() // 1_000_000}{TRACE_SUFFIX}"
         raw = folder / f".{final.name}.json.tmp"  # names the plugin's pattern does not match
         packed = folder / f".{final.name}.tmp"
+        kineto_tmp = raw.with_name(raw.name + ".tmp")  # Kineto writes here, then renames
         try:
             prof.export_chrome_trace(str(raw))
+            if not raw.exists():  # Kineto logs "Failed to write to log file!" and returns
+                raise _write_failure(folder)
             with open(raw, "rb") as src, gzip.open(packed, "wb", compresslevel=6) as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
             os.replace(packed, final)
         finally:
-            for tmp in (raw, packed):
+            for tmp in (raw, packed, kineto_tmp):
                 tmp.unlink(missing_ok=True)
+            if not final.exists():
+                with contextlib.suppress(OSError):  # only when empty: other ranks may share it
+                    folder.rmdir()
         capture.path, capture.size_bytes = final, final.stat().st_size
         self._kept.append(final)
         self._enforce_retention()

@@ -145,6 +145,7 @@ class StepRecorder:
         self._in_step = False
         self._acc = [0.0] * _N_PHASES
         self._active = OTHER
+        self._seen = [False] * _N_PHASES  # phases that ever started: the others are unmeasured
         self._stack: list[int] = []
         self._t_mark = 0.0
         self._step_t0 = 0.0
@@ -227,6 +228,7 @@ class StepRecorder:
 
     def data_end(self, samples: int = 0) -> None:
         """The batch arrived; ``samples`` is its batch size when known (0 otherwise)."""
+        self._seen[DATA] = True
         if self._in_step:
             self.phase_end(DATA)
         else:
@@ -263,6 +265,7 @@ class StepRecorder:
         self._acc[self._active] += t - self._t_mark
         self._stack.append(self._active)
         self._active = phase
+        self._seen[phase] = True
         self._t_mark = t
         if self._cuda is not None:
             self._cuda.mark(phase)
@@ -516,6 +519,7 @@ class StepRecorder:
                 breakdown=totals.breakdown(),
                 disabled=dict(self.failopen.disabled),
                 profiled_steps=self.profiled_steps,
+                steps_run=self.steps_seen,
             )
         times = sorted(r.step_s for r in self._ring)
         percentiles = {
@@ -525,7 +529,8 @@ class StepRecorder:
             "max": times[-1],
         }
         stats = self.window(len(self._ring))
-        recs, resolved = self.pipeline.findings(self.window())
+        latest = self.window()
+        recs, resolved = self.pipeline.findings(latest)
         return Report(
             steps=totals.steps,
             warmup_steps=self.warmup_steps,
@@ -542,7 +547,16 @@ class StepRecorder:
             profiled_steps=self.profiled_steps,
             communication=self._communication_figures(),
             ranks=stats.cross_rank.to_report() if stats and stats.cross_rank else {},
+            steps_run=self.steps_seen,
+            unmeasured=self._unmeasured(),
+            findings_window=(
+                {"first_step": latest.first_step, "last_step": latest.last_step} if latest else {}
+            ),
         )
+
+    def _unmeasured(self) -> tuple[str, ...]:
+        """Phases nothing ever timed ("other" is derived, so always measured)."""
+        return tuple(n for i, n in enumerate(PHASE_NAMES) if i != OTHER and not self._seen[i])
 
     def _communication_figures(self) -> dict[str, float]:
         """Exposed gradient-sync wait, whole run (distributed runs only)."""

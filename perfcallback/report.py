@@ -114,6 +114,11 @@ class Report:
             its sampled iterations: ``ddp_comm_s`` (all-reduce time per backward),
             ``ddp_overlap_s`` (the part overlapped by backward compute) and
             ``ddp_backward_compute_s``. Empty in one process.
+        steps_run: Steps run, warm-up and profiled steps included.
+        unmeasured: Phases nothing timed (no ``optimizer=`` given, no ``wrap_loader``, ...): their
+            ``breakdown`` value is 0 because it was not measured, and their time is in ``other``.
+        findings_window: ``first_step``/``last_step`` of the window the recommendations were last
+            evaluated on: their figures are that window's, the breakdown is the whole run's.
         ranks: On rank zero of a distributed run, every rank's figures keyed by the rank as a
             string: ``breakdown`` (the same keys as :attr:`breakdown`, whole run),
             ``comm_exposed_s``, its latest ``window``, ``finished`` and ``missing``; plus
@@ -135,6 +140,9 @@ class Report:
     profiled_steps: int = 0
     communication: dict[str, float] = field(default_factory=dict)
     ranks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    steps_run: int = 0
+    unmeasured: tuple[str, ...] = ()
+    findings_window: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (the content of ``perf_report.json``)."""
@@ -154,19 +162,27 @@ class Report:
             "profiled_steps": self.profiled_steps,
             "communication": _jsonable(self.communication),
             "ranks": _jsonable(self.ranks),
+            "steps_run": self.steps_run,
+            "unmeasured_phases": list(self.unmeasured),
+            "findings_window": dict(self.findings_window),
         }
 
     def __str__(self) -> str:
         step = self.breakdown.get("step", 0.0)
         lines = [f"perfcallback report: {self.steps} steps measured ({self.warmup_steps} warm-up)"]
         if self.steps == 0:
-            lines.append("  no steps measured yet")
+            lines.append(_nothing_measured(self.steps_run, self.warmup_steps, self.profiled_steps))
         else:
-            lines.append(f"  {'phase':<10} {'ms/step':>10} {'share':>7}")
+            lines.append(f"  {'phase':<10} {'ms/step':>10} {'share':>7}   (mean over all "
+                         f"{self.steps} measured steps)")
             for phase in (*PHASES, "step"):
                 secs = self.breakdown.get(phase, 0.0)
                 share = secs / step if step > 0 else 0.0
-                lines.append(f"  {phase:<10} {secs * 1e3:>10.3f} {share:>7.1%}")
+                if phase in self.unmeasured:
+                    lines.append(f"  {phase:<10} {'-':>10} {'-':>7}   not measured: "
+                                 f"{_UNMEASURED_HINT[phase]}")
+                else:
+                    lines.append(f"  {phase:<10} {secs * 1e3:>10.3f} {share:>7.1%}")
         if self.device_breakdown:
             dev = ", ".join(f"{k} {v * 1e3:.3f}" for k, v in self.device_breakdown.items())
             lines.append(f"  device (CUDA events, ms/step): {dev}")
@@ -206,8 +222,12 @@ class Report:
                     "overlapped with backward compute"
                 )
         lines.extend(_ranks_table(self.ranks))
+        window = self.findings_window
+        span = (f" (judged on the latest window, steps {window['first_step']}-"
+                f"{window['last_step']}; its figures can differ from the whole-run table)"
+                if window and self.steps > window["last_step"] - window["first_step"] + 1 else "")
         if self.recommendations:
-            lines.append("recommendations:")
+            lines.append(f"recommendations{span}:")
             lines.extend(f"  {r.one_line()}" for r in self.recommendations)
         else:
             lines.append("recommendations: none")
@@ -224,6 +244,24 @@ class Report:
         for component, reason in self.disabled.items():
             lines.append(f"  (switched off after an internal error: {component}: {reason})")
         return "\n".join(lines)
+
+
+_UNMEASURED_HINT = {
+    "data": "iterate over perf.wrap_loader(loader) to time batch fetches; the wait is in other",
+    "forward": "pass model= to time forward; its time is in other",
+    "backward": "pass model= (backward is timed from its output); its time is in other",
+    "optimizer": "pass optimizer= to time optimizer.step(); its time is in other",
+}
+
+
+def _nothing_measured(steps_run: int, warmup_steps: int, profiled_steps: int) -> str:
+    if steps_run == 0:
+        return "  no steps measured yet"
+    if profiled_steps and steps_run <= warmup_steps + profiled_steps:
+        return (f"  all {steps_run} steps run were warm-up or profiled: lower warmup_steps "
+                f"(now {warmup_steps}) or profile later to measure a run this short")
+    return (f"  all {steps_run} steps run were warm-up (warmup_steps={warmup_steps}): lower "
+            "warmup_steps to measure a run this short")
 
 
 def _ranks_table(ranks: dict[str, dict[str, Any]]) -> list[str]:

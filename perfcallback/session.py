@@ -225,6 +225,7 @@ class EngineSession:
         )
         if device_type is not None:
             context.device_type = device_type
+        self.recorder.pipeline.user_sinks.update(id(s) for s in options.sinks)
         self.failopen: FailOpen = self.recorder.failopen
         self.cross_rank: CrossRankSink | None = None
         if world_size > 1:
@@ -300,6 +301,8 @@ class EngineSession:
                     report_dir = tensorboard_dir = trace_dir = None
                     writer = None
                     break
+        if self.rank == 0:
+            _warn_if_reused(report_dir, tensorboard_dir, trace_dir)
         self.report_dir = report_dir if self.speaks else None
         sink = self._tensorboard_sink(
             tensorboard_dir, writer, scalars, every, step_of, missing_dir, stacklevel + 1
@@ -407,6 +410,25 @@ class EngineSession:
             if summary:
                 self.failopen.call("summary", self.log_summary)
         return self.report()
+
+
+def _warn_if_reused(
+    report_dir: Path | None, tensorboard_dir: Path | None, trace_dir: Path | None
+) -> None:
+    """Say once that a directory already holds an earlier run's output (nothing is deleted)."""
+    found = []
+    if report_dir is not None and (report_dir / REPORT_FILE).exists():
+        found.append(REPORT_FILE)
+    if tensorboard_dir is not None and any(tensorboard_dir.glob("events.out.tfevents.*")):
+        found.append("TensorBoard event files")
+    if trace_dir is not None and any((trace_dir / "profiler").glob("*/*.pt.trace.json.gz")):
+        found.append("profiler traces")
+    if found:
+        where = report_dir or tensorboard_dir or trace_dir
+        logger.warning(
+            "perfcallback: %s already holds an earlier run (%s): TensorBoard will show both runs' "
+            "figures as one and the report file is replaced. Pass a new logdir per run to keep "
+            "them apart; nothing is deleted.", where, ", ".join(found))
 
 
 def _missing(how: MissingDir, message: str, stacklevel: int) -> None:

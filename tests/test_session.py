@@ -114,3 +114,53 @@ def test_nested_monitors_with_default_settings_both_finish(tmp_path: Path) -> No
     traces = list(tmp_path.glob("*/profiler/*/*.pt.trace.json.gz"))
     assert len(traces) == 1  # the first monitor's capture, written whole
     assert not list(tmp_path.glob("**/*.tmp"))
+
+
+def test_unmeasured_phases_say_so_instead_of_zero() -> None:
+    model = tiny_model()
+    with PerfMonitor(model=model, warmup_steps=1, window_steps=5,
+                     log_recommendations=False) as perf:
+        for x, y in perf.wrap_loader(make_loader(n=8 * 12)):
+            with perf.step():
+                torch.nn.functional.cross_entropy(model(x), y).backward()
+    report = perf.report()
+    assert report.unmeasured == ("optimizer",)
+    assert report.to_dict()["unmeasured_phases"] == ["optimizer"]
+    text = str(report)
+    assert "optimizer           -       -   not measured: pass optimizer=" in text
+    assert "optimizer      0.000" not in text
+
+
+def test_the_report_says_which_steps_its_findings_come_from() -> None:
+    with PerfMonitor(warmup_steps=0, window_steps=5, log_recommendations=False) as perf:
+        for _ in perf.wrap_loader(make_loader(n=20, batch_size=1, sleep_s=0.002)):
+            with perf.step():
+                pass
+    report = perf.report()
+    assert report.findings_window == {"first_step": 16, "last_step": 20}
+    assert report.recommendations  # a data stall, judged on steps 16-20
+    text = str(report)
+    assert "(mean over all 20 measured steps)" in text
+    assert "judged on the latest window, steps 16-20" in text
+
+
+def test_a_run_shorter_than_its_warmup_says_so() -> None:
+    with PerfMonitor(warmup_steps=5, log_recommendations=False) as perf, perf.step():
+        pass
+    report = perf.report()
+    assert (report.steps, report.steps_run) == (0, 1)
+    assert "all 1 steps run were warm-up (warmup_steps=5): lower warmup_steps" in str(report)
+
+
+def test_reusing_a_logdir_is_said_once_and_deletes_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    for _ in range(2):
+        with PerfMonitor(logdir=tmp_path, warmup_steps=0, window_steps=5, profile=False) as perf:
+            for _ in perf.wrap_loader(range(10)):
+                with perf.step():
+                    pass
+    warnings = [r.getMessage() for r in caplog.records if "already holds" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "perf_report.json, TensorBoard event files" in warnings[0]
+    assert len(list(tmp_path.glob("events.out.tfevents.*"))) == 2
