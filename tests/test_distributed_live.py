@@ -84,8 +84,9 @@ def _train(rank: int, world: int, out: str, where: str, slow_rank: int, steps: i
     from perfcallback import PerfMonitor
 
     torch.set_num_threads(1)
-    slow = rank == slow_rank
-    model = DDP(Planted(width, depth, slow_forward=SLOW_S if slow and where == "forward" else 0.0,
+    slow = rank == slow_rank or where == "even"  # "even": every rank does the same planted work
+    forward_s = {"forward": SLOW_S, "even": 2 * SLOW_S}.get(where, 0.0) if slow else 0.0
+    model = DDP(Planted(width, depth, slow_forward=forward_s,
                         slow_backward=SLOW_S if slow and where == "backward" else 0.0))
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     data = _SlowBatches(steps, SLOW_S if slow and where == "data" else 0.0, batch)
@@ -159,9 +160,10 @@ def test_backward_ends_where_the_users_backward_call_returns(tmp_path: Path) -> 
 
 
 def test_a_balanced_job_gets_no_straggler_or_communication_finding(tmp_path: Path) -> None:
-    # compute-bound: a large batch through a small MLP, whose few gradients sync in ~1 ms (gloo
-    # latency: one bucket, so nothing to overlap), a few percent of a ~40 ms step
-    run_distributed(_train, str(tmp_path), "none", -1, 63, 64, 2, 32768, world_size=2)
+    # Every rank does the same 40 ms of work per step (a sleep: CPU contention from other
+    # processes on this machine cannot make one rank slower), and the small model's gradients
+    # sync in ~1 ms (gloo latency, one bucket): a few percent of the step.
+    run_distributed(_train, str(tmp_path), "even", -1, 63, world_size=2)
     results = _results(tmp_path, 2)
     report = results[0]["report"]
     assert _finding(report, "straggler.slow_rank") is None, results[0]["text"]

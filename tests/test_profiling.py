@@ -8,6 +8,7 @@ import logging
 import re
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -36,7 +37,8 @@ def trace_files(root: Path) -> list[Path]:
     return sorted(root.rglob("*.pt.trace.json.gz"))
 
 
-def train(logdir: Path, steps: int, options: ProfileOptions | None, **kw) -> PerfMonitor:
+def train(logdir: Path, steps: int, options: ProfileOptions | None, step_sleep_s: float = 0.0,
+          **kw) -> PerfMonitor:
     """A real (tiny) training loop under a monitor that profiles into ``logdir``."""
     model = tiny_model()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
@@ -48,6 +50,7 @@ def train(logdir: Path, steps: int, options: ProfileOptions | None, **kw) -> Per
                 torch.nn.functional.cross_entropy(model(x), y).backward()
                 opt.step()
                 opt.zero_grad()
+                time.sleep(step_sleep_s)
     return perf
 
 
@@ -243,7 +246,8 @@ def test_profiler_failures_are_fail_open(tmp_path: Path, monkeypatch: pytest.Mon
 
     monkeypatch.setattr(torch.profiler.profile, "prepare_trace", second_start_fails)
     options = ProfileOptions(start_after=0, every=4, warmup=0, active=1, trigger=False)
-    perf = train(tmp_path / "b", steps=14, options=options)
+    # steps long enough for the first export to finish before the second capture is due
+    perf = train(tmp_path / "b", steps=14, options=options, step_sleep_s=0.05)
     report = perf.report()
     assert "profiler" in report.disabled and len(trace_files(tmp_path / "b")) == 1
     assert report.steps == 14 - 2 - 1
