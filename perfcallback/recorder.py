@@ -38,7 +38,6 @@ from perfcallback.report import Report
 from perfcallback.sinks import Sink
 from perfcallback.stats import (
     DATA,
-    FORWARD,
     OTHER,
     PHASE_NAMES,
     StepRecord,
@@ -59,6 +58,8 @@ logger = logging.getLogger("perfcallback")
 _N_PHASES = len(PHASE_NAMES)
 _STEP_S, _INDEX = operator.attrgetter("step_s"), operator.attrgetter("index")
 _CUDA_MEMORY_EVERY = 5  # steps between allocator snapshots (memory_stats() costs tens of us)
+_RSS_EVERY = 4  # steps between host RSS reads (a /proc read is ~2-3 us, the largest per-step
+# cost left); 6 points per 25-step window still fit the leak rule's line (it needs 3)
 _STATE_VERSION = 1  # bump when state_dict() changes shape
 # A capture's kernel-level figures describe the steps it profiled (perturbed by the profiler):
 # they join this many windows after it, then age out, so a finding they raise can resolve.
@@ -329,11 +330,9 @@ class StepRecorder:
         self._gc_pause_s = 0.0
         # A step run under the profiler is perturbed by it: left out of every figure.
         profiled = self.profiler is not None and self.profiler.capturing
-        if index == self._flop_step:  # the FLOP-counted step ran under a dispatch mode: left out
+        if index == self._flop_step:  # the FLOP-counted (last warm-up) step ends
             self._flop_step = -1
             self.failopen.call("flop_count", self._stop_flop_count)
-            if index > self._warmup_end:
-                return
         if self._cuda is not None:
             if profiled:
                 self._cuda.discard()
@@ -350,7 +349,7 @@ class StepRecorder:
         cuda = None
         if self._cuda is not None and index % _CUDA_MEMORY_EVERY == 0:
             cuda = self._cuda_snapshot()
-        rss = self._read_rss() or 0
+        rss = (self._read_rss() or 0) if index % _RSS_EVERY == 0 else 0
         self._ring.append(
             StepRecord(index, step_s, acc.copy(), samples, rss, gc_pause, gc_count, t, cuda)
         )
@@ -376,9 +375,13 @@ class StepRecorder:
                 self.failopen.call("flop_count", self.flop_counter.stop, False)
 
     def _start_flop_count(self) -> None:
-        """Count FLOPs in this step if it is the last warm-up step (or any later one)."""
+        """Count FLOPs in this step if it is the last warm-up step: a step never measured (with
+        ``warmup_steps=0`` nothing is counted; ``flops_per_step=`` gives the figure instead)."""
         index = self.steps_seen + 1
-        if index < self._warmup_end or self.flop_counter is None:
+        if self.flop_counter is None or index < self._warmup_end:
+            return
+        if index > self._warmup_end:
+            self.flop_counter.pending = False  # no warm-up step left to count in
             return
         self._flop_step = index
         self.failopen.call("flop_count", self.flop_counter.start)
@@ -601,13 +604,17 @@ class StepRecorder:
         }
         stats = self.window(len(self._ring))
         recs, resolved = self.pipeline.findings(self.window())
+        telemetry = self._telemetry_report(totals.breakdown()["step"])
+        throughput = totals.throughput()
+        if telemetry["flops_per_step"]:
+            throughput["tflops"] = telemetry["flops_per_step"] / totals.breakdown()["step"] / 1e12
         return Report(
             steps=totals.steps,
             warmup_steps=self.warmup_steps,
             breakdown=totals.breakdown(),
             device_breakdown=totals.device_breakdown(),
             step_percentiles_s=percentiles,
-            throughput=totals.throughput(),
+            throughput=throughput,
             memory=self._memory_figures(stats),
             gc=totals.gc_figures(),
             recommendations=recs,
@@ -615,7 +622,17 @@ class StepRecorder:
             disabled=dict(self.failopen.disabled),
             validation=totals.validation_summary() if totals.validation_runs else {},
             profiled_steps=self.profiled_steps,
+            **telemetry,
         )
+
+    def _telemetry_report(self, step_s: float) -> dict[str, Any]:
+        """Report fields from the probes: ``flops_per_step``, ``mfu`` and NVML's ``gpu``."""
+        figures = self._joined_figures(step_s) if step_s > 0 else {}
+        return {
+            "flops_per_step": figures.get("flops_per_step"),
+            "mfu": figures.get("mfu"),
+            "gpu": {k: v for k, v in figures.items() if k.startswith("nvml_")},
+        }
 
     def _memory_figures(self, stats: WindowStats | None) -> dict[str, float]:
         out: dict[str, float] = {}

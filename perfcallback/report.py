@@ -25,6 +25,8 @@ CATEGORIES: tuple[str, ...] = (
     "step_variance",
     "gc",
     "recompilation",
+    "device",
+    "host",
 )
 PHASES: tuple[str, ...] = ("data", "forward", "backward", "optimizer", "other")
 
@@ -108,6 +110,13 @@ class Report:
         validation: Validation run during training, timed apart from the steps: ``runs``,
             ``total_s``, ``mean_s``; empty when none ran.
         profiled_steps: Steps run under the profiler, left out of every figure above.
+        flops_per_step: Model FLOPs of one optimizer step on this rank (counted once with
+            ``FlopCounterMode``, or given as ``flops_per_step=``); ``None`` when not counted.
+        mfu: Model FLOPs utilisation over the measured steps: achieved FLOP/s over the device's
+            dense peak for the compute dtype (0..1); ``None`` where the peak is unknown (CPU,
+            GPUs not in the table). Achieved TFLOP/s are in ``throughput["tflops"]``.
+        gpu: NVML telemetry of the latest window (``nvml_*`` figures: utilisation, memory, power,
+            clocks, temperature, throttle shares); empty without NVML.
     """
 
     steps: int
@@ -123,6 +132,9 @@ class Report:
     disabled: dict[str, str] = field(default_factory=dict)
     validation: dict[str, float] = field(default_factory=dict)
     profiled_steps: int = 0
+    flops_per_step: float | None = None
+    mfu: float | None = None
+    gpu: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (the content of ``perf_report.json``)."""
@@ -140,6 +152,9 @@ class Report:
             "disabled": dict(self.disabled),
             "validation": _jsonable(self.validation),
             "profiled_steps": self.profiled_steps,
+            "flops_per_step": _finite_or_none(self.flops_per_step),
+            "mfu": _finite_or_none(self.mfu),
+            "gpu": _jsonable(self.gpu),
         }
 
     def __str__(self) -> str:
@@ -192,6 +207,16 @@ class Report:
                 f"  validation (not in the steps): {self.validation.get('runs', 0):.0f} runs, "
                 f"{self.validation.get('mean_s', 0.0) * 1e3:.1f} ms each"
             )
+        if self.flops_per_step:
+            tflops = self.throughput.get("tflops")
+            achieved = f", {tflops:.2f} TFLOP/s" if tflops is not None else ""
+            mfu = f", MFU {self.mfu:.1%}" if self.mfu is not None else ", MFU unknown (no peak)"
+            lines.append(f"  model FLOPs: {self.flops_per_step:.3g}/step{achieved}{mfu}")
+        if self.gpu:
+            util, temp = self.gpu.get("nvml_sm_util_pct"), self.gpu.get("nvml_temp_c")
+            parts = [f"utilisation {util:.0f}%" if util is not None else "",
+                     f"{temp:.0f} C" if temp is not None else ""]
+            lines.append("  GPU (NVML): " + ", ".join(p for p in parts if p))
         if self.profiled_steps:
             lines.append(f"  {self.profiled_steps} profiled steps left out of the figures")
         for component, reason in self.disabled.items():

@@ -44,6 +44,7 @@ from perfcallback.rules import check_disabled
 from perfcallback.rules.thresholds import validate_overrides
 from perfcallback.sinks import CallbackSink, LoggingSink, Sink
 from perfcallback.sinks.tensorboard import TensorBoardSink
+from perfcallback.telemetry import attach_telemetry
 
 logger = logging.getLogger("perfcallback")
 
@@ -74,6 +75,12 @@ class SessionOptions:
         all_ranks: Under torch.distributed, also log, capture and write files off rank zero.
         cuda: Time the device side with CUDA events; ``None``: when the run is on CUDA.
         clock: Host clock in seconds; injectable for exact tests.
+        nvml: Sample GPU telemetry with NVML on a background thread; ``None``: on CUDA runs.
+        nvml_interval_s: Seconds between NVML samples (0.1 to 1).
+        count_flops: Count the model FLOPs of one (unmeasured) step with FlopCounterMode, for
+            ``flops_per_step``, TFLOP/s and MFU.
+        flops_per_step: The model FLOPs of one optimizer step on this rank, if known: nothing is
+            counted.
 
     Raises:
         ValueError: a number is out of range, or a rule name or threshold is unknown.
@@ -97,6 +104,10 @@ class SessionOptions:
     all_ranks: bool = False
     cuda: bool | None = None
     clock: Clock = host_clock
+    nvml: bool | None = None
+    nvml_interval_s: float = 0.2
+    count_flops: bool = True
+    flops_per_step: float | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise once, here
@@ -138,6 +149,7 @@ class SessionOptions:
             raise TypeError(
                 f"profile must be a bool or ProfileOptions, got {type(self.profile).__name__}"
             )
+        _check_telemetry_options(self)
         if not callable(self.clock):
             raise TypeError(f"clock must be a callable returning seconds, got {self.clock!r}")
 
@@ -216,6 +228,8 @@ class EngineSession:
         )
         if device_type is not None:
             context.device_type = device_type
+        attach_telemetry(self.recorder, nvml=options.nvml, nvml_interval_s=options.nvml_interval_s,
+                         count_flops=options.count_flops, flops_per_step=options.flops_per_step)
         self.failopen: FailOpen = self.recorder.failopen
         self.report_dir: Path | None = None
         self.tensorboard: TensorBoardSink | None = None
@@ -381,6 +395,23 @@ class EngineSession:
             if summary:
                 self.failopen.call("summary", self.log_summary)
         return self.report()
+
+
+def _check_telemetry_options(options: SessionOptions) -> None:
+    """Validate the telemetry options (NVML, FLOP count)."""
+    for name in ("nvml", "count_flops"):
+        value = getattr(options, name)
+        if value is not None and not isinstance(value, bool):
+            raise TypeError(f"{name} must be a bool{' or None' if name == 'nvml' else ''}, "
+                            f"got {value!r}")
+    interval = options.nvml_interval_s
+    if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not (
+            0.1 <= interval <= 1.0):
+        raise ValueError(f"nvml_interval_s must be a number in [0.1, 1], got {interval!r}")
+    flops = options.flops_per_step
+    if flops is not None and (isinstance(flops, bool) or not isinstance(flops, (int, float))
+                              or not flops > 0):
+        raise ValueError(f"flops_per_step must be a number > 0 or None, got {flops!r}")
 
 
 def _missing(how: MissingDir, message: str, stacklevel: int) -> None:

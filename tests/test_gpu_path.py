@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from perfcallback import PerfMonitor
+from perfcallback import recorder as recorder_module
 from perfcallback.clock import CudaEventTimer
 from perfcallback.failopen import FailOpen
 from perfcallback.profiling import Capture
-from perfcallback import recorder as recorder_module
 from perfcallback.recorder import StepRecorder
 from perfcallback.rules import evaluate, registered_rules
 
@@ -182,16 +182,16 @@ def test_a_sticky_cuda_error_at_exit_keeps_the_users_exception_and_the_report(
     _no_device_timing(monkeypatch)
     model = tiny_model()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    with pytest.raises(ValueError, match="the user's own error"):  # noqa: PT012
-        with PerfMonitor(model=model, optimizer=opt, logdir=tmp_path, cuda=True, warmup_steps=1,
-                         window_steps=3, tensorboard=False, profile=False,
-                         log_recommendations=False) as perf:
-            for i, (x, y) in enumerate(perf.wrap_loader(make_loader(n=8 * 10))):
-                with perf.step():
-                    torch.nn.functional.cross_entropy(model(x), y).backward()
-                    opt.step()
-                if i == 7:
-                    raise ValueError("the user's own error")
+    perf = PerfMonitor(model=model, optimizer=opt, logdir=tmp_path, cuda=True, warmup_steps=1,
+                       window_steps=3, tensorboard=False, profile=False,
+                       log_recommendations=False)
+    with pytest.raises(ValueError, match="the user's own error"), perf:
+        for i, (x, y) in enumerate(perf.wrap_loader(make_loader(n=8 * 10))):
+            with perf.step():
+                torch.nn.functional.cross_entropy(model(x), y).backward()
+                opt.step()
+            if i == 7:
+                raise ValueError("the user's own error")
     assert (tmp_path / "perf_report.json").is_file()
     report = perf.report()
     assert report.steps == 7

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from itertools import pairwise
+from itertools import compress, pairwise
 
 from perfcallback.context import RunContext
 from perfcallback.rules import Finding, rule
@@ -44,7 +44,10 @@ def find_spikes(
     median = percentile(sorted(times), 50) if times else 0.0
     floor = max(median * get(th, "step_variance.spike_ratio"),
                 median + get(th, "step_variance.spike_min_s"))
-    excess = {i: t - median for i, t in zip(indices, times, strict=True) if t >= floor}
+    # The scan runs over every retained step each window: done in C (map/compress), not a loop.
+    mask = list(map(floor.__le__, times))
+    excess = dict(zip(compress(indices, mask), [t - median for t in compress(times, mask)],
+                      strict=True))
     spikes = Spikes(median, sum(times), tuple(excess), sum(excess.values()))
     if len(excess) < get(th, "step_variance.periodic_spikes.min_spikes"):
         return spikes

@@ -8,7 +8,10 @@ counters) and :meth:`WindowProbe.figures` whenever it summarises a window. The f
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from perfcallback.recorder import StepRecorder
 
 
 class WindowProbe(Protocol):
@@ -24,3 +27,47 @@ class WindowProbe(Protocol):
 
     def close(self) -> None:
         """Release threads and handles. Idempotent."""
+
+
+def attach_telemetry(
+    recorder: StepRecorder,
+    *,
+    nvml: bool | None = None,
+    nvml_interval_s: float = 0.2,
+    count_flops: bool = True,
+    flops_per_step: float | None = None,
+    nvml_module: Any = None,
+) -> None:
+    """Give ``recorder`` its per-window probes: host threads, FLOPs/MFU and (on CUDA) NVML.
+
+    Nothing here touches CUDA or NVML: each probe reads its device facts at the first window.
+
+    Args:
+        nvml: Sample NVML; ``None``: when the recorder times CUDA.
+        nvml_interval_s: Seconds between NVML samples.
+        count_flops: Count one step's FLOPs with FlopCounterMode (unless ``flops_per_step``).
+        flops_per_step: The model FLOPs of one optimizer step, if the user knows them.
+        nvml_module: A ``pynvml`` stand-in (tests only).
+    """
+    from perfcallback.telemetry.flops import MfuProbe, StepFlopCounter
+    from perfcallback.telemetry.host import HostThreadsProbe
+
+    ctx = recorder.context
+    recorder.probes.append(HostThreadsProbe())
+    if count_flops or flops_per_step is not None:
+        counter = StepFlopCounter(flops_per_step)
+        recorder.flop_counter = counter
+        recorder.probes.append(MfuProbe(counter, ctx, lambda: _device_name(recorder)))
+    if nvml or (nvml is None and ctx.device_type == "cuda"):
+        from perfcallback.telemetry.nvml import NvmlSampler, torch_device_ids
+
+        recorder.probes.append(NvmlSampler(lambda: torch_device_ids(recorder.device),
+                                           interval_s=nvml_interval_s, nvml=nvml_module))
+
+
+def _device_name(recorder: StepRecorder) -> str | None:
+    import torch
+
+    if recorder.context.device_type != "cuda":
+        return None
+    return str(torch.cuda.get_device_name(recorder.device))

@@ -132,7 +132,7 @@ class StepFlopCounter:
 
         self.pending = False  # whatever happens, counted once
         mode = FlopCounterMode(display=False)
-        mode.__enter__()
+        mode.__enter__()  # type: ignore[no-untyped-call]
         self._mode = mode
 
     def stop(self, completed: bool = True) -> None:
@@ -149,7 +149,8 @@ class StepFlopCounter:
             self.flops_per_step = total
         else:
             logger.info("perfcallback: FlopCounterMode counted no FLOPs in a step of this model "
-                        "(custom kernels?); MFU is not reported. Pass flops_per_step=... to set it.")
+                        "(custom kernels?); MFU is not reported. Pass flops_per_step=... to set "
+                        "it.")
 
 
 class MfuProbe:
