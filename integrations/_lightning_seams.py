@@ -105,9 +105,10 @@ class TrainerProbes:
             (module, "optimizer_step", OPTIMIZER),
         ):
             self._shadow(obj, name, _bracket(getattr(obj, name), phase, start, end))
-        sample = guard(PROBE, recorder.sample_autocast)
-        self._shadow(module, "training_step",
-                     _sampling_autocast(module.training_step, recorder, sample))
+        user_step = getattr(module, "training_step", None)
+        if user_step is not None:
+            sample = guard(PROBE, recorder.sample_autocast)
+            self._shadow(module, "training_step", _sampling_autocast(user_step, recorder, sample))
         loop = trainer.fit_loop.epoch_loop
         if not (hasattr(loop, "_on_before_fetch") and hasattr(loop, "_on_after_fetch")):
             warnings.warn(

@@ -8,6 +8,7 @@ session's (:mod:`perfcallback.session`).
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
@@ -39,6 +40,15 @@ def batch_size_of(batch: Any) -> int:
         else:
             return 0
     return 0
+
+
+def model_device(model: torch.nn.Module | None) -> torch.device | None:
+    """Device of ``model``'s first parameter (or buffer); ``None`` without either."""
+    if model is None:
+        return None
+    for tensor in itertools.chain(model.parameters(), model.buffers()):
+        return tensor.device
+    return None
 
 
 class _StepContext:
@@ -143,8 +153,12 @@ class PerfMonitor:
         self._model, self._optimizer = model, optimizer
         self.logdir = options.logdir
         self.rank, world_size = rank_and_world()
-        self.session = EngineSession(options, rank=self.rank, world_size=world_size)
+        device = model_device(model)  # no CUDA call: a parameter's device attribute
+        self.session = EngineSession(options, rank=self.rank, world_size=world_size,
+                                     device_type=device.type if device is not None else None)
         self.recorder = self.session.recorder
+        if device is not None and device.type == "cuda":
+            self.recorder.device = device  # events, allocator stats and NVML on this device
         context = self.recorder.context
         if optimizer is not None:
             context.optimizer = optimizer_facts(optimizer)

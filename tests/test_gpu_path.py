@@ -42,10 +42,11 @@ def cuda_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 def test_perfmonitor_construction_makes_no_cuda_call(cuda_calls: list[str]) -> None:
-    model = tiny_model()
-    perf = PerfMonitor(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
-    assert cuda_calls == []
+    perf = PerfMonitor(logdir=None)
     assert perf.recorder.context.device_type == "cuda"  # it did take the CUDA path
+    model = tiny_model()
+    PerfMonitor(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), cuda=True)
+    assert cuda_calls == []
     assert perf.session.failopen.disabled == {}
 
 

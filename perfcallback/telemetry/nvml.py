@@ -5,9 +5,10 @@ Design notes:
   default) and adds each reading to running sums under a lock. Once per window the recorder calls
   :meth:`NvmlSampler.sample`, which swaps the sums out (a few dict operations) and keeps their
   means. Memory is bounded (sums, not series); the thread is stopped and joined at :meth:`close`.
-- Lazy: ``pynvml`` (the ``nvml`` extra, ``nvidia-ml-py``) is imported and NVML initialised at the
-  first window, not when the monitor is built. NVML does not initialise CUDA, but the devices to
-  sample are read from torch (their UUIDs) on the training thread at that point.
+- Lazy: ``pynvml`` (the ``nvml`` extra, ``nvidia-ml-py``) is imported at the first window, not
+  when the monitor is built; the devices to sample are read from torch (their UUIDs) on the
+  training thread then. Everything that talks to the driver (``nvmlInit``, which can take a
+  while, the handles, the static figures, the samples) runs on the sampler's thread.
 - Without NVML (a CPU-only run, another vendor, no driver, the extra missing) the sampler says so
   once at INFO level and produces no figures; nothing else changes.
 - A figure a device does not support (power on some boards, PCIe counters in some VMs) is read
@@ -83,21 +84,21 @@ class NvmlSampler:
         if self._state != "running":
             return
         with self._lock:
-            sums, counts = self._sums, self._counts
-            self._sums = [{} for _ in self._handles]
-            self._counts = [{} for _ in self._handles]
-        self.latest = _window_figures(sums, counts, self._static)
+            sums, counts, static = self._sums, self._counts, self._static
+            self._sums = [{} for _ in sums]
+            self._counts = [{} for _ in counts]
+        self.latest = _window_figures(sums, counts, static)
 
     def figures(self, step_s: float) -> dict[str, float]:
         return self.latest
 
     def close(self) -> None:
         """Stop and join the thread, shut NVML down. Idempotent."""
-        state, self._state = self._state, "closed"
         self._stop.set()
         if self._thread is not None:
             self._thread.join(_JOIN_TIMEOUT_S)
             self._thread = None
+        state, self._state = self._state, "closed"
         if state == "running":
             try:
                 self._nvml.nvmlShutdown()
@@ -110,29 +111,40 @@ class NvmlSampler:
 
     # ----------------------------------------------------------------- start-up
     def _start(self) -> None:
+        """Training thread, first window: find the devices, start the thread."""
         self._state = "unavailable"
         nvml = self._nvml if self._nvml is not None else _import_pynvml()
         if nvml is None:
             return
+        self._nvml = nvml
+        devices = list(self._devices())
+        self._state = "running"
+        self._thread = threading.Thread(target=self._run, args=(devices,),
+                                        name="perfcallback-nvml", daemon=True)
+        self._thread.start()
+
+    def _open(self, devices: list[str | int]) -> bool:
+        """Sampler thread: initialise NVML and read what does not change; ``False`` if NVML is
+        not there (said once, at INFO: expected on CPU-only machines)."""
+        nvml = self._nvml
         try:
             nvml.nvmlInit()
         except Exception as exc:  # NVMLError_LibraryNotFound, DriverNotLoaded, ...
             logger.info("perfcallback: NVML is not available (%s): no GPU telemetry", exc)
-            return
-        self._nvml = nvml
+            return False
         try:
-            self._handles = [_handle(nvml, d) for d in self._devices()]
+            handles = [_handle(nvml, d) for d in devices]
         except Exception as exc:
-            logger.info("perfcallback: NVML cannot find this process's GPUs (%s): no GPU "
-                        "telemetry", exc)
+            logger.info("perfcallback: NVML cannot find this process's GPUs %s (%s): no GPU "
+                        "telemetry", devices, exc)
             nvml.nvmlShutdown()
-            return
-        self._static = [self._static_figures(h) for h in self._handles]
-        self._sums = [{} for _ in self._handles]
-        self._counts = [{} for _ in self._handles]
-        self._state = "running"
-        self._thread = threading.Thread(target=self._run, name="perfcallback-nvml", daemon=True)
-        self._thread.start()
+            return False
+        static = [self._static_figures(h) for h in handles]
+        with self._lock:
+            self._handles, self._static = handles, static
+            self._sums = [{} for _ in handles]
+            self._counts = [{} for _ in handles]
+        return True
 
     def _static_figures(self, handle: Any) -> dict[str, float]:
         nvml, out = self._nvml, {}
@@ -151,7 +163,10 @@ class NvmlSampler:
         return out
 
     # ----------------------------------------------------------------- the thread
-    def _run(self) -> None:
+    def _run(self, devices: list[str | int]) -> None:
+        if not self._open(devices):
+            self._state = "unavailable"
+            return
         while not self._stop.wait(self.interval_s):
             try:
                 self.sample_once()
