@@ -55,7 +55,7 @@ def attach_telemetry(
     ctx = recorder.context
     recorder.probes.append(HostThreadsProbe())
     if count_flops or flops_per_step is not None:
-        counter = StepFlopCounter(flops_per_step)
+        counter = StepFlopCounter(flops_per_step, ctx)
         recorder.flop_counter = counter
         recorder.probes.append(MfuProbe(counter, ctx, lambda: _device_name(recorder)))
     if nvml or (nvml is None and ctx.device_type == "cuda"):

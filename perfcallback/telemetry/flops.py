@@ -19,7 +19,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from perfcallback.context import RunContext
+from perfcallback.context import RunContext, dynamo_counts
 
 logger = logging.getLogger("perfcallback")
 
@@ -117,10 +117,20 @@ class StepFlopCounter:
     the one counted step; ``None`` until then, and for models that count to zero.
     """
 
-    def __init__(self, flops_per_step: float | None = None) -> None:
+    def __init__(self, flops_per_step: float | None = None,
+                 context: RunContext | None = None) -> None:
         self.flops_per_step = flops_per_step
         self.pending = flops_per_step is None  # one count still to do
         self._mode: Any = None
+        self._context = context
+        counts = dynamo_counts()  # reads sys.modules only: never imports dynamo
+        self._frames_before = counts.frames if counts is not None else 0
+
+    def _compiled(self) -> bool:
+        """torch.compile is in use in this run (the model, or frames compiled since we began)."""
+        counts = dynamo_counts()
+        return bool(self._context is not None and self._context.compile_in_use) or (
+            counts is not None and counts.frames > self._frames_before)
 
     @property
     def counting(self) -> bool:
@@ -131,6 +141,12 @@ class StepFlopCounter:
         from torch.utils.flop_counter import FlopCounterMode
 
         self.pending = False  # whatever happens, counted once
+        if self._compiled():
+            # FlopCounterMode's global module hooks and dispatch mode would make torch.compile
+            # warn and recompile inside the user's step: a compiled run is not counted.
+            logger.info("perfcallback: model FLOPs are not counted under torch.compile; pass "
+                        "flops_per_step=... to get TFLOP/s and MFU")
+            return
         mode = FlopCounterMode(display=False)
         mode.__enter__()  # type: ignore[no-untyped-call]
         self._mode = mode
