@@ -85,23 +85,29 @@ def block_profiler_scheduled(model, opt, data) -> None:
 
 
 def own_cost_per_step(steps: int = 4000, repeats: int = 7) -> tuple[float, float]:
-    """Seconds the monitor adds to one step, on a loop so cheap that noise is microseconds.
+    """Seconds the monitor adds to one step, on a loop so cheap that noise is microseconds, and
+    that loop's own step time: ``(cost_s, baseline_s)``.
 
     Every hook still fires (forward, backward, optimizer, loader, step) and windows are summarised
-    with every rule, so this is the instrumentation's full per-step cost.
+    with every rule, so this is the instrumentation's full per-step cost. Each repeat times both
+    blocks back to back, in a random order, and the median of the paired differences is taken,
+    so the drift of a shared machine cancels.
     """
     model, opt, data = make_setup(width=16, batch=2, n_batches=1)
     batches = data * steps
-    with_monitor, without = [], []
+    block_perfmonitor(model, opt, batches[:200])  # warm-up: imports, allocator
+    diffs, without = [], []
+    rng = random.Random(0)
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        block_baseline(model, opt, batches)
-        without.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        block_perfmonitor(model, opt, batches)
-        with_monitor.append(time.perf_counter() - t0)
-    base = statistics.median(without) / steps
-    return statistics.median(with_monitor) / steps - base, base
+        times = {}
+        for name in rng.sample(["baseline", "monitored"], 2):
+            block = block_baseline if name == "baseline" else block_perfmonitor
+            t0 = time.perf_counter()
+            block(model, opt, batches)
+            times[name] = time.perf_counter() - t0
+        diffs.append(times["monitored"] - times["baseline"])
+        without.append(times["baseline"])
+    return statistics.median(diffs) / steps, statistics.median(without) / steps
 
 
 VARIANTS: dict[str, Callable[..., None]] = {

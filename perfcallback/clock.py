@@ -44,6 +44,7 @@ class CudaEventTimer:
         self._pending: deque[tuple[int, list[tuple[int, Any]]]] = deque()
         self._stream: Any = None  # the training device's current stream, read once per step
         self.skipped_captures = 0  # steps not timed because their stream was being captured
+        self._capturing = False  # the current step began inside a graph capture
 
     def _event(self) -> Any:
         ev = self._free.pop() if self._free else torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
@@ -53,7 +54,8 @@ class CudaEventTimer:
     def begin(self, phase: int) -> None:
         # A capture runs on the current stream of the current device (torch.cuda.graph makes
         # its side stream current), so this one check covers it.
-        if torch.cuda.is_current_stream_capturing():  # inside torch.cuda.graph(...): skip
+        self._capturing = torch.cuda.is_current_stream_capturing()
+        if self._capturing:  # inside torch.cuda.graph(...): record nothing this step
             self.skipped_captures += 1
             self._current = []
             return
@@ -83,6 +85,8 @@ class CudaEventTimer:
     def poll(self) -> list[tuple[int, float, list[float]]]:
         """Resolve completed steps without blocking (``query()`` only)."""
         done: list[tuple[int, float, list[float]]] = []
+        if self._capturing:  # event queries are prohibited during a (global-mode) capture
+            return done
         while self._pending and self._pending[0][1][-1][1].query():
             index, marks = self._pending.popleft()
             done.append((index, *self._resolve(marks)))
