@@ -112,15 +112,21 @@ class PhaseHooks:
             return
         self._rec.phase_end(FORWARD)
         if self._rec.in_step and torch.is_grad_enabled():
-            tensor = _first_grad_tensor(output)
+            # most models return one tensor: skip the generic search for it
+            tensor = output if type(output) is torch.Tensor else _first_grad_tensor(output)
             node = tensor.grad_fn if tensor is not None else None
             if node is not None:  # a pre-hook on its autograd node: cheaper than a tensor hook
                 node.register_prehook(self._on_grad_node)
-            elif tensor is not None:  # a leaf output: the model returned a parameter
+            elif tensor is not None and tensor.requires_grad:  # a leaf: the model returned a
+                # parameter
                 tensor.register_hook(self._on_grad)  # type: ignore[no-untyped-call]
 
     def _grad_node_hook(self, grad_outputs: Any) -> None:
-        self._grad_hook(None)
+        if self._in_backward:
+            return
+        self._in_backward = True
+        self._rec.phase_start(BACKWARD)
+        torch.autograd.Variable._execution_engine.queue_callback(self._end_backward)
 
     def _grad_hook(self, grad: torch.Tensor | None) -> None:
         if self._in_backward:

@@ -139,6 +139,7 @@ class StepRecorder:
         if use_cuda:
             self.context.device_type = "cuda"
         self._poll_device = self.failopen.guard("cuda_timer", self._poll_device_times)
+        self._process_window_guarded = self.failopen.guard("window", self._process_window)
         self._cuda_snapshot = self.failopen.guard("cuda_memory", self._cuda_memory)
         self._recent_times: deque[float] = deque(maxlen=buffer_steps)  # parallel to the ring:
         self._recent_indices: deque[int] = deque(maxlen=buffer_steps)  # cheap to copy per window
@@ -359,7 +360,7 @@ class StepRecorder:
         if self._cuda is not None:
             self._poll_device()
         if self.totals.steps % self.window_steps == 0:
-            self.failopen.guard("window", self._process_window)()
+            self._process_window_guarded()
 
     def abort_step(self) -> None:
         """Drop the current step (the user's code raised inside it)."""
@@ -526,8 +527,8 @@ class StepRecorder:
                 extra["cuda_total_bytes"] = self.failopen.call(
                     "cuda_memory", cuda_total_bytes, self.device
                 )
-        compile_fields = self.failopen.guard("compile_counters", self._compile.fields)(
-            records[0].index, self.context
+        compile_fields = self.failopen.call(
+            "compile_counters", self._compile.fields, records[0].index, self.context
         )
         extra.update(compile_fields or {})
         extra["recent_step_times_s"] = tuple(self._recent_times)
@@ -545,7 +546,7 @@ class StepRecorder:
             return
         if stats.cuda_alloc_retries is not None:
             self._cuda_retries_at_window += stats.cuda_alloc_retries
-        self.failopen.guard("compile_counters", self._compile.mark)(stats.last_step)
+        self.failopen.call("compile_counters", self._compile.mark, stats.last_step)
         self.autocast_pending = True
         if self._cuda is not None and stats.cuda_peak_allocated_bytes is not None:
             # The allocator's peak is a lifetime figure: reset it, so each window reports its own
