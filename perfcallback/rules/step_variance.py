@@ -11,11 +11,10 @@ without a period, within the window.
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from itertools import compress, pairwise
+from itertools import pairwise
 
 from perfcallback.context import RunContext
 from perfcallback.rules import Finding, rule
@@ -29,7 +28,7 @@ _SHOWN_STEPS = 8  # spike step indices quoted in evidence
 class Spikes:
     """Outlier steps of a series, and the period they recur with (``None`` if not periodic)."""
 
-    median_s: float  # NaN when no step could be a spike (not computed then)
+    median_s: float
     total_s: float  # wall time of the whole series
     steps: tuple[int, ...]  # step indices of all spikes
     excess_s: float  # total time above the median in all spikes
@@ -45,18 +44,12 @@ def find_spikes(
     ratio, min_s = get(th, "step_variance.spike_ratio"), get(th, "step_variance.spike_min_s")
     if not times:
         return Spikes(0.0, 0.0, (), 0.0)
-    # The median is at least the fastest step, so when even the slowest step is below the floor
-    # that bound gives, nothing can be a spike: the common case costs a min and a max (in C),
-    # not a sort of every retained step (up to buffer_steps, every window).
-    fastest = min(times)
-    if max(times) < max(fastest * ratio, fastest + min_s):
-        return Spikes(math.nan, sum(times), (), 0.0)
-    median = percentile(sorted(times), 50)
+    ordered = sorted(times)  # the one O(n log n) pass over every retained step, in C
+    median = percentile(ordered, 50)
     floor = max(median * ratio, median + min_s)
-    # The scan runs over every retained step each window: done in C (map/compress), not a loop.
-    mask = list(map(floor.__le__, times))
-    excess = dict(zip(compress(indices, mask), [t - median for t in compress(times, mask)],
-                      strict=True))
+    if ordered[-1] < floor:  # no spike: the common case skips the scan below
+        return Spikes(median, sum(times), (), 0.0)
+    excess = {i: t - median for i, t in zip(indices, times, strict=True) if t >= floor}
     spikes = Spikes(median, sum(times), tuple(excess), sum(excess.values()))
     if len(excess) < get(th, "step_variance.periodic_spikes.min_spikes"):
         return spikes
