@@ -128,7 +128,7 @@ class PhaseHooks:
         self._rec.phase_start(BACKWARD)
         torch.autograd.Variable._execution_engine.queue_callback(self._end_backward)
 
-    def _grad_hook(self, grad: torch.Tensor | None) -> None:
+    def _grad_hook(self, grad: torch.Tensor) -> None:
         if self._in_backward:
             return
         self._in_backward = True
