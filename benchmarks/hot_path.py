@@ -1,4 +1,4 @@
-"""The monitor's own per-step cost, isolated from the training step, optionally against another tree.
+"""The monitor's own per-step cost, apart from the training step, optionally against another tree.
 
 ``overhead.py`` measures the monitor inside a real loop, where a shared machine's noise (tens of
 microseconds per step on the 2-core development host) swamps differences of a few microseconds.
@@ -27,11 +27,11 @@ from typing import Any
 
 import torch
 
-STEPS = 500  # short blocks: the best of many finds a quiet moment on a shared host
+STEPS = 500  # short blocks: the best of many finds a quiet spell on a shared host
 
 
 def _load(tree: str | None) -> Any:
-    """The ``perfcallback`` package from ``tree`` (``None``: the installed one), freshly imported."""
+    """The ``perfcallback`` package from ``tree`` (``None``: the installed one), imported anew."""
     for name in [m for m in sys.modules if m == "perfcallback" or m.startswith("perfcallback.")]:
         del sys.modules[name]
     if tree is not None:
@@ -53,7 +53,7 @@ def _best(fn: Any, repeats: int) -> float:
 
 
 def measure(pc: Any, repeats: int) -> dict[str, float]:
-    """Microseconds per step (``loop``, ``hooks``) and per window (``window``) for package ``pc``."""
+    """Microseconds per step (``loop``, ``hooks``) and per window (``window``) for ``pc``."""
     model = torch.nn.Linear(4, 4)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     x = torch.randn(2, 4)
