@@ -58,8 +58,6 @@ logger = logging.getLogger("perfcallback")
 _N_PHASES = len(PHASE_NAMES)
 _STEP_S, _INDEX = operator.attrgetter("step_s"), operator.attrgetter("index")
 _CUDA_MEMORY_EVERY = 5  # steps between allocator snapshots (memory_stats() costs tens of us)
-_RSS_EVERY = 4  # steps between host RSS reads (a /proc read is ~2-3 us, the largest per-step
-# cost left); 6 points per 25-step window still fit the leak rule's line (it needs 3)
 _STATE_VERSION = 1  # bump when state_dict() changes shape
 # A capture's kernel-level figures describe the steps it profiled (perturbed by the profiler):
 # they join this many windows after it, then age out, so a finding they raise can resolve.
@@ -350,7 +348,7 @@ class StepRecorder:
         cuda = None
         if self._cuda is not None and index % _CUDA_MEMORY_EVERY == 0:
             cuda = self._cuda_snapshot()
-        rss = (self._read_rss() or 0) if index % _RSS_EVERY == 0 else 0
+        rss = self._read_rss() or 0
         self._ring.append(
             StepRecord(index, step_s, acc.copy(), samples, rss, gc_pause, gc_count, t, cuda)
         )

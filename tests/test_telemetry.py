@@ -284,6 +284,10 @@ def test_mfu_uses_the_table_peak_of_the_device_and_dtype() -> None:
     assert fig["tflops"] == 400.0
     assert fig["mfu"] == pytest.approx(4.0e14 / peak_flops("NVIDIA H100 80GB HBM3", "bf16"))
     assert peak_flops("NVIDIA H100 PCIe", "bf16") != peak_flops("NVIDIA H100 80GB HBM3", "bf16")
+    assert peak_flops("NVIDIA A100-SXM4-80GB", "bf16") == 312e12
+    assert peak_flops("NVIDIA A10", "bf16") == 125e12 and peak_flops("NVIDIA A10G", "bf16") is None
+    assert peak_flops("NVIDIA L40S", "fp32") != peak_flops("NVIDIA L4", "fp32")
+    assert peak_flops("AMD Instinct MI300X", "bf16") and peak_flops("Tesla V100-SXM2-16GB", "bf16") is None
     unknown = MfuProbe(counter, ctx, lambda: "Some Future GPU")
     unknown.sample()
     assert "mfu" not in unknown.figures(1.0)
@@ -308,3 +312,18 @@ def test_host_figures_join_every_window_of_a_real_loop() -> None:
     assert window.extra["intra_op_threads"] == torch.get_num_threads()
     assert window.extra["process_cpu_cores"] > 0
     assert dict(window_scalars(window))["perf/host/intra_op_threads"] == torch.get_num_threads()
+
+
+def test_a_cpu_run_says_once_at_info_that_there_is_no_gpu_telemetry(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    import perfcallback.telemetry as telemetry
+
+    monkeypatch.setattr(telemetry, "_said", set())
+    with caplog.at_level(logging.DEBUG, logger="perfcallback"):
+        for _ in range(2):
+            model = tiny_model()
+            with PerfMonitor(model=model, log_recommendations=False) as perf:
+                assert not any(p.name == "nvml" for p in perf.recorder.probes)
+    mine = [r for r in caplog.records if r.name == "perfcallback"]
+    assert [(r.levelname, "no GPU telemetry" in r.getMessage()) for r in mine] == [("INFO", True)]

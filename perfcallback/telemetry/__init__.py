@@ -8,6 +8,7 @@ counters) and :meth:`WindowProbe.figures` whenever it summarises a window. The f
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -63,6 +64,19 @@ def attach_telemetry(
 
         recorder.probes.append(NvmlSampler(lambda: torch_device_ids(recorder.device),
                                            interval_s=nvml_interval_s, nvml=nvml_module))
+    elif nvml is None:
+        _say_once(f"perfcallback: no GPU telemetry on a {ctx.device_type} run (NVML samples "
+                  "CUDA devices only)")
+
+
+_said: set[str] = set()
+
+
+def _say_once(message: str) -> None:
+    """Log ``message`` at INFO once per process (an expected condition, not a warning)."""
+    if message not in _said:
+        _said.add(message)
+        logging.getLogger("perfcallback").info(message)
 
 
 def _device_name(recorder: StepRecorder) -> str | None:

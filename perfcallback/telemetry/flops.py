@@ -16,6 +16,7 @@ Design notes:
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +31,7 @@ _T = 1e12
 class DevicePeak:
     """Dense peak FLOP/s of one device model, by compute dtype, and where the numbers come from."""
 
-    match: str  # lower-case substring of torch.cuda.get_device_name()
+    match: str  # lower-case word(s) in torch.cuda.get_device_name()
     flops: dict[str, float]  # "bf16" | "fp16" | "tf32" | "fp32" -> FLOP/s
     source: str
 
@@ -71,8 +72,9 @@ PEAKS: tuple[DevicePeak, ...] = (
                "NVIDIA L40S datasheet, sparse/2 (https://www.nvidia.com/en-us/data-center/l40s/)"),
     DevicePeak("l4", {"bf16": 121 * _T, "fp16": 121 * _T, "tf32": 60 * _T, "fp32": 30.3 * _T},
                "NVIDIA L4 datasheet, sparse/2 (https://www.nvidia.com/en-us/data-center/l4/)"),
-    DevicePeak("a10g", {"bf16": 70 * _T, "fp16": 70 * _T, "tf32": 35 * _T, "fp32": 31.2 * _T},
-               "AWS EC2 G5 (A10G) specification, dense (https://aws.amazon.com/ec2/instance-types/g5/)"),
+    DevicePeak("a10", {"bf16": 125 * _T, "fp16": 125 * _T, "tf32": 62.5 * _T, "fp32": 31.2 * _T},
+               "NVIDIA A10 datasheet, sparse/2; not the A10G, whose clocks differ "
+               "(https://www.nvidia.com/en-us/data-center/products/a10-gpu/)"),
     DevicePeak("v100", {"fp16": 125 * _T, "fp32": 15.7 * _T},
                "NVIDIA V100 datasheet, SXM2 column; no bf16/tf32 tensor cores "
                "(https://www.nvidia.com/en-us/data-center/v100/)"),
@@ -88,8 +90,8 @@ PEAKS: tuple[DevicePeak, ...] = (
 
 def peak_for(device_name: str) -> DevicePeak | None:
     """The table row for ``device_name`` (``torch.cuda.get_device_name()``), or ``None``."""
-    name = device_name.lower()
-    return next((p for p in PEAKS if p.match in name), None)
+    name = device_name.lower()  # whole words: "a10" must not match "a100" or "a10g"
+    return next((p for p in PEAKS if re.search(rf"\b{re.escape(p.match)}\b", name)), None)
 
 
 def peak_flops(device_name: str, dtype: str) -> float | None:
