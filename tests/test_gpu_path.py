@@ -132,7 +132,7 @@ def _fit(precision: str, tmp_path: Path) -> Any:
                         enable_model_summary=False, callbacks=[perf],
                         default_root_dir=tmp_path)
     trainer.fit(Classifier(), make_loader(n=8 * 12))
-    return perf._active().context
+    return perf
 
 
 def _fp32_matmul_on_an_ampere_gpu(context: Any) -> bool:
@@ -146,10 +146,12 @@ def _fp32_matmul_on_an_ampere_gpu(context: Any) -> bool:
 
 @pytest.mark.slow
 def test_lightning_bf16_mixed_is_seen_as_autocast(tmp_path: Path) -> None:
-    mixed = _fit("bf16-mixed", tmp_path)
+    perf = _fit("bf16-mixed", tmp_path)
+    mixed = perf._active().context
     assert mixed.autocast_seen is True and mixed.autocast_dtype == "bfloat16"
     assert not _fp32_matmul_on_an_ampere_gpu(mixed)
-    full = _fit("32-true", tmp_path)
+    assert perf.report().flops_per_step > 0  # counted in the last warm-up step, under autocast
+    full = _fit("32-true", tmp_path)._active().context
     assert full.autocast_seen is False
     assert _fp32_matmul_on_an_ampere_gpu(full)  # the same rule does fire without autocast
 
