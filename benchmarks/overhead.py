@@ -10,6 +10,7 @@ the script also measures the monitor's own cost per step on a near-empty loop (e
 fires), where noise is a few microseconds, and converts it to a ratio on the benchmark step.
 
     python benchmarks/overhead.py [--rounds 15] [--steps 50] [--check 1.02]
+    python benchmarks/overhead.py --own-cost-only [--check-own-us 40]   # the fixed cost only
 """
 
 from __future__ import annotations
@@ -83,23 +84,30 @@ def block_profiler_scheduled(model, opt, data) -> None:
             prof.step()
 
 
-def own_cost_per_step(steps: int = 4000, repeats: int = 7) -> float:
-    """Seconds the monitor adds to one step, on a loop so cheap that noise is microseconds.
+def own_cost_per_step(steps: int = 4000, repeats: int = 7) -> tuple[float, float]:
+    """Seconds the monitor adds to one step, on a loop so cheap that noise is microseconds, and
+    that loop's own step time: ``(cost_s, baseline_s)``.
 
     Every hook still fires (forward, backward, optimizer, loader, step) and windows are summarised
-    with every rule, so this is the instrumentation's full per-step cost.
+    with every rule, so this is the instrumentation's full per-step cost. Each repeat times both
+    blocks back to back, in a random order, and the median of the paired differences is taken,
+    so the drift of a shared machine cancels.
     """
     model, opt, data = make_setup(width=16, batch=2, n_batches=1)
     batches = data * steps
-    with_monitor, without = [], []
+    block_perfmonitor(model, opt, batches[:200])  # warm-up: imports, allocator
+    diffs, without = [], []
+    rng = random.Random(0)
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        block_baseline(model, opt, batches)
-        without.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        block_perfmonitor(model, opt, batches)
-        with_monitor.append(time.perf_counter() - t0)
-    return (statistics.median(with_monitor) - statistics.median(without)) / steps
+        times = {}
+        for name in rng.sample(["baseline", "monitored"], 2):
+            block = block_baseline if name == "baseline" else block_perfmonitor
+            t0 = time.perf_counter()
+            block(model, opt, batches)
+            times[name] = time.perf_counter() - t0
+        diffs.append(times["monitored"] - times["baseline"])
+        without.append(times["baseline"])
+    return statistics.median(diffs) / steps, statistics.median(without) / steps
 
 
 VARIANTS: dict[str, Callable[..., None]] = {
@@ -159,8 +167,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--check", type=float, default=None, help="exit 1 if perfcallback's ratio exceeds this"
     )
+    parser.add_argument("--own-cost-only", action="store_true",
+                        help="measure only the fixed per-step cost on the near-empty loop")
+    parser.add_argument("--check-own-us", type=float, default=None,
+                        help="exit 1 if the fixed per-step cost exceeds this many microseconds")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.own_cost_only:
+        cost_s, empty_s = own_cost_per_step()
+        print(f"near-empty loop: baseline {empty_s * 1e6:.1f} us/step, with perfcallback "
+              f"{(empty_s + cost_s) * 1e6:.1f} us/step: fixed cost {cost_s * 1e6:.1f} us/step, "
+              f"ratio {1 + cost_s / empty_s:.3f} (same run)")
+        if args.check_own_us is not None and cost_s * 1e6 > args.check_own_us:
+            print(f"FAIL: fixed cost {cost_s * 1e6:.1f} us/step > {args.check_own_us} us")
+            return 1
+        return 0
     model, opt, data = make_setup(args.width, args.batch, args.steps)
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
@@ -178,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
             if name != "baseline" or "perfcallback" in phase:
                 print(f"{name:<32} {med_s * 1e3:>9.3f} {med:>7.3f} {q1:>7.3f}..{q3:<7.3f}")
         if "perfcallback" in phase:  # before any profiler has run, for the same reason
-            cost_s, base = own_cost_per_step(), baseline_step_s(model, opt, data)
+            (cost_s, _), base = own_cost_per_step(), baseline_step_s(model, opt, data)
     print(
         f"perfcallback's own cost, measured on a near-empty loop: {cost_s * 1e6:.1f} us/step, "
         f"i.e. a ratio of {1 + cost_s / base:.4f} on this {base * 1e3:.1f} ms step"

@@ -15,6 +15,9 @@ around Trainer calls, installed on the *instances* (never on classes) and remove
   ``LightningOptimizer.step``, the closure machinery, gradient clipping and the AMP scaler. In
   automatic optimization Lightning runs ``training_step`` and backward *inside* it; the recorder's
   exclusive accounting subtracts those.
+- **autocast**: ``lightning_module.training_step``, wrapped on the module instance, samples
+  autocast once per window *inside* the precision plugin's context (``precision="bf16-mixed"``
+  enters autocast within ``strategy.training_step``, after the forward phase has started).
 """
 
 from __future__ import annotations
@@ -43,6 +46,18 @@ def _bracket(
             end(phase)
 
     return bracketed
+
+
+def _sampling_autocast(fn: Callable[..., Any], recorder: StepRecorder,
+                       sample: Callable[[], Any]) -> Callable[..., Any]:
+    """``fn`` (the user's ``training_step``), sampling autocast first when a sample is due."""
+
+    def training_step(*args: Any, **kwargs: Any) -> Any:
+        if recorder.autocast_pending:
+            sample()
+        return fn(*args, **kwargs)
+
+    return training_step
 
 
 def _then(fn: Callable[[], Any], event: Callable[[], Any]) -> Callable[[], None]:
@@ -90,6 +105,10 @@ class TrainerProbes:
             (module, "optimizer_step", OPTIMIZER),
         ):
             self._shadow(obj, name, _bracket(getattr(obj, name), phase, start, end))
+        user_step = getattr(module, "training_step", None)
+        if user_step is not None:
+            sample = guard(PROBE, recorder.sample_autocast)
+            self._shadow(module, "training_step", _sampling_autocast(user_step, recorder, sample))
         loop = trainer.fit_loop.epoch_loop
         if not (hasattr(loop, "_on_before_fetch") and hasattr(loop, "_on_after_fetch")):
             warnings.warn(

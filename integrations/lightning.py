@@ -369,6 +369,9 @@ class PerfCallback(*_BASES):  # type: ignore[misc]
             extra_sinks=sinks,
         )
         session.failopen.on_trip(_HOOKS, self._switch_off)
+        root = trainer.strategy.root_device  # a torch.device: reading it makes no CUDA call
+        if root.type == "cuda":
+            session.recorder.device = root  # events, allocator stats and NVML on this device
         if self._pending_state:
             session.failopen.call("checkpoint_state", session.recorder.load_state_dict,
                                   self._pending_state)

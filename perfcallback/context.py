@@ -63,6 +63,7 @@ class RunContext:
     # Precision facts (CUDA only): refreshed once per window by the recorder.
     float32_matmul_precision: str = field(default_factory=_matmul_precision)
     autocast_seen: bool | None = None  # autocast active in a sampled forward; None = not sampled
+    autocast_dtype: str | None = None  # its dtype when active, e.g. "bfloat16"
     param_dtype: str | None = None  # dtype of most of the model's parameters, e.g. "float32"
     cuda_capability: tuple[int, int] | None = None
     cuda_alloc_conf: str = field(
@@ -236,3 +237,11 @@ def autocast_active(device_type: str = "cuda") -> bool:
         return bool(torch.is_autocast_enabled(device_type))
     except TypeError:  # older torch: no device argument, CUDA autocast only
         return bool(torch.is_autocast_enabled())
+
+
+def autocast_dtype(device_type: str = "cuda") -> str | None:
+    """Name of autocast's dtype for ``device_type`` (``"bfloat16"``); ``None`` if unknown."""
+    try:
+        return str(torch.get_autocast_dtype(device_type)).removeprefix("torch.")
+    except (AttributeError, RuntimeError, TypeError):  # older torch
+        return None

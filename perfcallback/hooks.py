@@ -12,10 +12,18 @@
 
 Every callback runs behind the recorder's fail-open guard; handles are kept and removed in
 :meth:`PhaseHooks.remove`. Modules and optimizers are held by weak reference only.
+
+Under ``torch.compile``: ``torch.compile(model)`` wraps the module, so the hooks run outside the
+compiled frame. An in-place ``model.compile()`` compiles ``_call_impl`` itself, hooks included;
+there the module hooks are marked ``torch._dynamo.disable`` (when dynamo is loaded, i.e. whenever
+anything was compiled before the hooks went in), which dynamo runs eagerly with no graph break,
+and otherwise return at once while dynamo traces them (``torch.compiler.is_compiling()``), so the
+monitor never adds a graph break of its own.
 """
 
 from __future__ import annotations
 
+import sys
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -101,6 +109,7 @@ class PhaseHooks:
         self._in_backward = False
         guard = recorder.failopen.guard
         self._on_grad: Callable[[torch.Tensor], None] = guard("backward_hook", self._grad_hook)
+        self._on_grad_node: Callable[[Any], None] = guard("backward_hook", self._grad_node_hook)
         self._sync = GradSyncProbe(recorder, guard, then=self._backward_done)
         if model is not None:
             self._install_model(model, guard)
@@ -109,12 +118,10 @@ class PhaseHooks:
 
     def _install_model(self, model: torch.nn.Module, guard: Any) -> None:
         self._model_ref = weakref.ref(model)
-        self._handles.append(model.register_forward_pre_hook(guard("forward_hook", self._fwd_pre)))
+        pre, post = guard("forward_hook", self._fwd_pre), guard("forward_hook", self._fwd_post)
+        self._handles.append(model.register_forward_pre_hook(_skipped_by_dynamo(pre)))
         self._handles.append(
-            model.register_forward_hook(guard("forward_hook", self._fwd_post), always_call=True)
-        )
-        self._handles.append(
-            model.register_forward_hook(guard("forward_hook", self._arm_backward), prepend=True)
+            model.register_forward_hook(_skipped_by_dynamo(post), always_call=True)
         )
         self._install_fsdp(model)
 
@@ -161,21 +168,38 @@ class PhaseHooks:
 
     # hooks: short, and everything measured lives in the recorder
     def _fwd_pre(self, module: torch.nn.Module, args: Any) -> None:
+        if _is_compiling():  # traced by an in-place model.compile(): stay out of the graph
+            return
         self._depth += 1
         if self._depth == 1:
-            self._rec.phase_start(FORWARD)
+            rec = self._rec
+            rec.phase_start(FORWARD)
+            if rec.autocast_pending:  # once per window, where the user's autocast is in force
+                rec.sample_autocast()
 
     def _fwd_post(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+        if _is_compiling():
+            return
         self._depth = max(0, self._depth - 1)
         if self._depth:
             return
         self._rec.phase_end(FORWARD)
-
-    def _arm_backward(self, module: torch.nn.Module, args: Any, output: Any) -> None:
-        if self._depth == 1 and self._rec.in_step and torch.is_grad_enabled():
-            tensor = _first_grad_tensor(output)
-            if tensor is not None:
+        if self._rec.in_step and torch.is_grad_enabled():
+            # most models return one tensor: skip the generic search for it
+            tensor = output if type(output) is torch.Tensor else _first_grad_tensor(output)
+            node = tensor.grad_fn if tensor is not None else None
+            if node is not None:  # a pre-hook on its autograd node: cheaper than a tensor hook
+                node.register_prehook(self._on_grad_node)
+            elif tensor is not None and tensor.requires_grad:  # a leaf: the model returned a
+                # parameter
                 tensor.register_hook(self._on_grad)  # type: ignore[no-untyped-call]
+
+    def _grad_node_hook(self, grad_outputs: Any) -> None:
+        if self._in_backward:
+            return
+        self._in_backward = True
+        self._rec.phase_start(BACKWARD)
+        self._sync.start()
 
     def _grad_hook(self, grad: torch.Tensor) -> None:
         if self._in_backward:
@@ -193,3 +217,19 @@ class PhaseHooks:
 
     def _opt_post(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         self._rec.phase_end(OPTIMIZER)
+
+
+_is_compiling: Callable[[], bool] = torch.compiler.is_compiling
+
+
+def _skipped_by_dynamo(hook: Callable[..., Any]) -> Callable[..., Any]:
+    """``hook`` marked for dynamo to run eagerly (no graph break), if dynamo is loaded.
+
+    Importing dynamo costs seconds, so a run that never compiles does not pay for it; a hook
+    installed before anything was compiled falls back on its ``_is_compiling()`` early return.
+    """
+    dynamo = sys.modules.get("torch._dynamo")
+    if dynamo is None:
+        return hook
+    disabled: Callable[..., Any] = dynamo.disable(hook)
+    return disabled

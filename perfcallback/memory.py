@@ -64,3 +64,8 @@ def cuda_memory_snapshot(device: torch.device | int | None = None) -> dict[str, 
 
 def cuda_total_bytes(device: torch.device | int | None = None) -> float:
     return float(torch.cuda.get_device_properties(device).total_memory)
+
+
+def reset_cuda_peak(device: torch.device | int | None = None) -> None:
+    """Restart the allocator's peak counters on ``device`` (the recorder does so every window)."""
+    torch.cuda.reset_peak_memory_stats(device)

@@ -9,6 +9,7 @@ session's (:mod:`perfcallback.session`).
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
@@ -62,6 +63,15 @@ def is_deepspeed_engine(model: object) -> bool:
 
 def _from_deepspeed(obj: object) -> bool:
     return type(obj).__module__.startswith("deepspeed.")
+
+
+def model_device(model: torch.nn.Module | None) -> torch.device | None:
+    """Device of ``model``'s first parameter (or buffer); ``None`` without either."""
+    if model is None:
+        return None
+    for tensor in itertools.chain(model.parameters(), model.buffers()):
+        return tensor.device
+    return None
 
 
 class _StepContext:
@@ -177,8 +187,12 @@ class PerfMonitor:
         self._model, self._optimizer = model, optimizer
         self.logdir = options.logdir
         self.rank, world_size = rank_and_world()
-        self.session = EngineSession(options, rank=self.rank, world_size=world_size)
+        device = model_device(model)  # no CUDA call: a parameter's device attribute
+        self.session = EngineSession(options, rank=self.rank, world_size=world_size,
+                                     device_type=device.type if device is not None else None)
         self.recorder = self.session.recorder
+        if device is not None and device.type == "cuda":
+            self.recorder.device = device  # events, allocator stats and NVML on this device
         context = self.recorder.context
         self._deepspeed: DeepSpeedProbe | None = None
         if deepspeed:  # imported only for a DeepSpeed engine: the core never imports DeepSpeed

@@ -46,6 +46,12 @@ class SessionOptions:
         all_ranks: Under torch.distributed, also log, capture and write files off rank zero.
         cuda: Time the device side with CUDA events; ``None``: when the run is on CUDA.
         clock: Host clock in seconds; injectable for exact tests.
+        nvml: Sample GPU telemetry with NVML on a background thread; ``None``: on CUDA runs.
+        nvml_interval_s: Seconds between NVML samples (0.1 to 1).
+        count_flops: Count the model FLOPs of one (unmeasured) step with FlopCounterMode, for
+            ``flops_per_step``, TFLOP/s and MFU.
+        flops_per_step: The model FLOPs of one optimizer step on this rank, if known: nothing is
+            counted.
         rank_timeout_s: Under torch.distributed, a rank not heard from for this long is reported
             missing (see :mod:`perfcallback.distributed`).
 
@@ -72,6 +78,10 @@ class SessionOptions:
     cuda: bool | None = None
     clock: Clock = host_clock
     rank_timeout_s: float = 60.0
+    nvml: bool | None = None
+    nvml_interval_s: float = 0.2
+    count_flops: bool = True
+    flops_per_step: float | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise once, here
@@ -117,6 +127,7 @@ class SessionOptions:
             isinstance(self.rank_timeout_s, (int, float)) and self.rank_timeout_s > 0
         ):
             raise ValueError(f"rank_timeout_s must be a number > 0, got {self.rank_timeout_s!r}")
+        _check_telemetry_options(self)
         if not callable(self.clock):
             raise TypeError(f"clock must be a callable returning seconds, got {self.clock!r}")
 
@@ -131,3 +142,20 @@ class SessionOptions:
                 f"known options are {', '.join(sorted(known))}"
             )
         return cls(**kwargs)
+
+
+def _check_telemetry_options(options: SessionOptions) -> None:
+    """Validate the telemetry options (NVML, FLOP count)."""
+    for name in ("nvml", "count_flops"):
+        value = getattr(options, name)
+        if value is not None and not isinstance(value, bool):
+            raise TypeError(f"{name} must be a bool{' or None' if name == 'nvml' else ''}, "
+                            f"got {value!r}")
+    interval = options.nvml_interval_s
+    if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not (
+            0.1 <= interval <= 1.0):
+        raise ValueError(f"nvml_interval_s must be a number in [0.1, 1], got {interval!r}")
+    flops = options.flops_per_step
+    if flops is not None and (isinstance(flops, bool) or not isinstance(flops, (int, float))
+                              or not flops > 0):
+        raise ValueError(f"flops_per_step must be a number > 0 or None, got {flops!r}")

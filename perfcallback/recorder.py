@@ -30,15 +30,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from perfcallback.clock import Clock, CudaEventTimer, host_clock
-from perfcallback.context import CompileProbe, RunContext, autocast_active
+from perfcallback.context import CompileProbe, RunContext, autocast_active, autocast_dtype
 from perfcallback.failopen import FailOpen
-from perfcallback.memory import HostRSS, cuda_memory_snapshot, cuda_total_bytes
+from perfcallback.memory import HostRSS, cuda_memory_snapshot, cuda_total_bytes, reset_cuda_peak
 from perfcallback.pipeline import WindowPipeline
 from perfcallback.report import Report
 from perfcallback.sinks import Sink
 from perfcallback.stats import (
     DATA,
-    FORWARD,
     OTHER,
     PHASE_NAMES,
     StepRecord,
@@ -51,6 +50,8 @@ from perfcallback.totals import RunTotals
 
 if TYPE_CHECKING:
     from perfcallback.profiling import Capture, TraceProfiler
+    from perfcallback.telemetry import WindowProbe
+    from perfcallback.telemetry.flops import StepFlopCounter
 
 logger = logging.getLogger("perfcallback")
 
@@ -58,6 +59,9 @@ _N_PHASES = len(PHASE_NAMES)
 _STEP_S, _INDEX = operator.attrgetter("step_s"), operator.attrgetter("index")
 _CUDA_MEMORY_EVERY = 5  # steps between allocator snapshots (memory_stats() costs tens of us)
 _STATE_VERSION = 1  # bump when state_dict() changes shape
+# A capture's kernel-level figures describe the steps it profiled (perturbed by the profiler):
+# they join this many windows after it, then age out, so a finding they raise can resolve.
+_TRACE_FIGURES_WINDOWS = 4
 
 
 class StepRecorder:
@@ -113,6 +117,10 @@ class StepRecorder:
         self.window_sources: list[Callable[[], Mapping[str, Any]]] = []
         # Callables returning more Report.communication figures (DDP's own), read at report time
         self.comm_sources: list[Callable[[], Mapping[str, float]]] = []
+        self._trace_age = 0  # windows since trace_figures arrived
+        self.probes: list[WindowProbe] = []  # per-window telemetry (NVML, MFU, host threads)
+        self.flop_counter: StepFlopCounter | None = None  # see perfcallback.telemetry.flops
+        self.device: torch.device | int | None = None  # the training device; None: current
         self.failopen = FailOpen()
         self.pipeline = WindowPipeline(
             context=self.context,
@@ -127,17 +135,21 @@ class StepRecorder:
         self._rss = HostRSS()
         self._read_rss: Callable[[], int | None] = self.failopen.guard("host_rss", self._host_rss)
         use_cuda = torch.cuda.is_available() if cuda is None else cuda
+        # No CUDA call here (is_available() aside): device facts are read at the first window,
+        # so a fork-based launcher finds CUDA uninitialised in the parent process.
         self._cuda = CudaEventTimer(_N_PHASES) if use_cuda else None
         if use_cuda:
             self.context.device_type = "cuda"
-            self.context.cuda_capability = self.failopen.guard(
-                "cuda_capability", torch.cuda.get_device_capability
-            )()
+        self._poll_device = self.failopen.guard("cuda_timer", self._poll_device_times)
+        self._process_window_guarded = self.failopen.guard("window", self._process_window)
+        self._cuda_snapshot = self.failopen.guard("cuda_memory", self._cuda_memory)
+        self._recent_times: deque[float] = deque(maxlen=buffer_steps)  # parallel to the ring:
+        self._recent_indices: deque[int] = deque(maxlen=buffer_steps)  # cheap to copy per window
         # torch.compile counters, read once per window; autocast sampled in one forward per window
         self._compile = CompileProbe(max_marks=buffer_steps // window_steps + 2)
         if warmup_steps == 0:
             self.failopen.guard("compile_counters", self._compile.mark)(0)
-        self._sample_autocast = use_cuda
+        self.autocast_pending = True  # sample autocast in the next forward (sample_autocast())
         self.totals = RunTotals()
         self._dev_window: list[tuple[float, list[float]]] = []
         self._cuda_retries_at_window = 0.0
@@ -166,6 +178,7 @@ class StepRecorder:
         self.steps_seen = 0  # steps ended, warm-up included
         self._warmup_end = warmup_steps  # steps up to this index are warm-up (moves on resume)
         self._val_t0: float | None = None
+        self._flop_step = -1  # index of the step running under FlopCounterMode
         self.profiled_steps = 0  # steps run under the profiler, left out of the figures
         self.last_profiled_step = 0
 
@@ -193,6 +206,7 @@ class StepRecorder:
         if figures:
             figures["trace_first_step"] = float(capture.first_step)
             figures["trace_last_step"] = float(capture.last_step)
+        self._trace_age = 0
         self.trace_figures = figures
 
     def install_gc_probe(self) -> None:
@@ -206,16 +220,43 @@ class StepRecorder:
         if self._closed:
             return
         self._closed = True
-        if self._gc_installed:
-            gc.callbacks.remove(self._gc_callback)
-            self._gc_installed = False
-        if self._cuda is not None:
-            self.failopen.guard("cuda_timer", self._apply_device)(self._cuda.drain())
-        self._rss.close()
-        if self.profiler is not None:  # before the sinks: a last capture may still be written
-            # Its own name: close() must run (join the export thread) even after a tripped capture.
-            self.failopen.guard("profiler.close", self.profiler.close)()
-        self.pipeline.close()
+        # Each part fails open on its own and the sinks are flushed whatever happened before
+        # (a sticky CUDA error in drain() must neither replace the user's exception nor lose the
+        # report).
+        try:
+            if self._gc_installed:
+                gc.callbacks.remove(self._gc_callback)
+                self._gc_installed = False
+            if self._cuda is not None:
+                self.failopen.call("cuda_timer", self._drain_device_times)
+            if self.flop_counter is not None:
+                self.failopen.call("flop_count", self.flop_counter.stop, False)
+            for probe in self.probes:
+                self.failopen.call(probe.name, probe.close)
+            self.failopen.call("host_rss", self._rss.close)
+            if self.profiler is not None:  # before the sinks: a last capture may still be written
+                # Its own name: close() must run (join the export thread) after a tripped capture.
+                self.failopen.guard("profiler.close", self.profiler.close)()
+        finally:
+            self.pipeline.close()
+
+    def _poll_device_times(self) -> None:
+        assert self._cuda is not None
+        self._apply_device(self._cuda.poll())
+
+    def _drain_device_times(self) -> None:
+        assert self._cuda is not None
+        self._apply_device(self._cuda.drain())
+
+    def _cuda_memory(self) -> dict[str, float]:
+        return cuda_memory_snapshot(self.device)
+
+    def sample_autocast(self) -> None:
+        """Read autocast where the user's forward runs (a forward hook, Lightning's step)."""
+        self.autocast_pending = False
+        device_type = self.context.device_type
+        self.context.autocast_seen = seen = autocast_active(device_type)
+        self.context.autocast_dtype = autocast_dtype(device_type) if seen else None
 
     # ----------------------------------------------------------------- hot path
     def data_begin(self) -> None:
@@ -256,6 +297,8 @@ class StepRecorder:
         self._t_mark = t
         if self._cuda is not None:
             self._cuda.begin(OTHER)
+        if self.flop_counter is not None and self.flop_counter.pending:
+            self._start_flop_count()
 
     def phase_start(self, phase: int) -> None:
         """Enter ``phase`` (an index from :mod:`perfcallback.stats`); pauses the current one."""
@@ -269,9 +312,6 @@ class StepRecorder:
         self._t_mark = t
         if self._cuda is not None:
             self._cuda.mark(phase)
-            if self._sample_autocast and phase == FORWARD:  # once per window, CUDA only
-                self._sample_autocast = False
-                self.context.autocast_seen = autocast_active("cuda")
 
     def phase_end(self, phase: int) -> None:
         """Leave ``phase``; the phase it interrupted resumes."""
@@ -314,6 +354,9 @@ class StepRecorder:
         self._gc_pause_s = 0.0
         # A step run under the profiler is perturbed by it: left out of every figure.
         profiled = self.profiler is not None and self.profiler.capturing
+        if index == self._flop_step:  # the FLOP-counted (last warm-up) step ends
+            self._flop_step = -1
+            self.failopen.call("flop_count", self._stop_flop_count)
         if self._cuda is not None:
             if profiled:
                 self._cuda.discard()
@@ -330,17 +373,19 @@ class StepRecorder:
             return
         cuda = None
         if self._cuda is not None and index % _CUDA_MEMORY_EVERY == 0:
-            cuda = self.failopen.guard("cuda_memory", cuda_memory_snapshot)()
+            cuda = self._cuda_snapshot()
         rss = self._read_rss() or 0
         sync = self._sync_s
         self._ring.append(
             StepRecord(index, step_s, acc.copy(), samples, rss, gc_pause, gc_count, t, cuda, sync)
         )
+        self._recent_times.append(step_s)
+        self._recent_indices.append(index)
         self.totals.add_step(acc, step_s, samples, gc_pause, gc_count, sync)
         if self._cuda is not None:
-            self.failopen.guard("cuda_timer", self._apply_device)(self._cuda.poll())
+            self._poll_device()
         if self.totals.steps % self.window_steps == 0:
-            self.failopen.guard("window", self._process_window)()
+            self._process_window_guarded()
 
     def abort_step(self) -> None:
         """Drop the current step (the user's code raised inside it)."""
@@ -350,6 +395,26 @@ class StepRecorder:
         self._pending_samples = 0
         if self._cuda is not None:
             self._cuda.discard()
+        if self._flop_step == self.steps_seen + 1:  # count a later step instead
+            self._flop_step = -1
+            if self.flop_counter is not None:
+                self.failopen.call("flop_count", self.flop_counter.stop, False)
+
+    def _start_flop_count(self) -> None:
+        """Count FLOPs in this step if it is the last warm-up step: a step never measured (with
+        ``warmup_steps=0`` nothing is counted; ``flops_per_step=`` gives the figure instead)."""
+        index = self.steps_seen + 1
+        if self.flop_counter is None or index < self._warmup_end:
+            return
+        if index > self._warmup_end:
+            self.flop_counter.pending = False  # no warm-up step left to count in
+            return
+        self._flop_step = index
+        self.failopen.call("flop_count", self.flop_counter.start)
+
+    def _stop_flop_count(self) -> None:
+        if self.flop_counter is not None:
+            self.flop_counter.stop(True)
 
     @property
     def in_step(self) -> bool:
@@ -438,6 +503,10 @@ class StepRecorder:
         self.totals.load_state_dict(state)
         self._ring.clear()
         self._ring.extend(StepRecord(*row) for row in state["ring"])
+        self._recent_times.clear()
+        self._recent_indices.clear()
+        self._recent_times.extend(r.step_s for r in self._ring)
+        self._recent_indices.extend(r.index for r in self._ring)
 
     def _host_rss(self) -> int:
         return self._rss.read()
@@ -475,34 +544,69 @@ class StepRecorder:
                 for i, name in enumerate(PHASE_NAMES)
             }
         if self._cuda is not None:
-            snap = self.failopen.guard("cuda_memory", cuda_memory_snapshot)()
+            self.failopen.call("cuda_capability", self._read_device_facts)
+            snap = self._cuda_snapshot()
             if snap is not None:
                 extra["cuda_alloc_retries"] = int(
                     snap["alloc_retries"] - self._cuda_retries_at_window
                 )
-                extra["cuda_total_bytes"] = self.failopen.guard("cuda_memory", cuda_total_bytes)()
-        compile_fields = self.failopen.guard("compile_counters", self._compile.fields)(
-            records[0].index, self.context
+                extra["cuda_total_bytes"] = self.failopen.call(
+                    "cuda_memory", cuda_total_bytes, self.device
+                )
+        compile_fields = self.failopen.call(
+            "compile_counters", self._compile.fields, records[0].index, self.context
         )
         extra.update(compile_fields or {})
-        extra["recent_step_times_s"] = tuple(map(_STEP_S, ring))
-        extra["recent_step_indices"] = tuple(map(_INDEX, ring))
-        if self.trace_figures:
-            extra["extra"] = dict(self.trace_figures)
+        extra["recent_step_times_s"] = tuple(self._recent_times)
+        extra["recent_step_indices"] = tuple(self._recent_indices)
+        joined = self._joined_figures(sum(map(_STEP_S, records)) / len(records))
+        if joined:
+            extra["extra"] = joined
         for source in self.window_sources:
             extra.update(self.failopen.call("window_source", source) or {})
         self.context.float32_matmul_precision = torch.get_float32_matmul_precision()
         return summarize(records, **extra)
 
     def _process_window(self) -> None:
+        self._sample_probes()
         stats = self.window()
         if stats is None:
             return
         if stats.cuda_alloc_retries is not None:
             self._cuda_retries_at_window += stats.cuda_alloc_retries
-        self.failopen.guard("compile_counters", self._compile.mark)(stats.last_step)
-        self._sample_autocast = self._cuda is not None
+        self.failopen.call("compile_counters", self._compile.mark, stats.last_step)
+        self.autocast_pending = True
+        if self._cuda is not None and stats.cuda_peak_allocated_bytes is not None:
+            # The allocator's peak is a lifetime figure: reset it, so each window reports its own
+            # peak and one warm-up spike does not keep "near capacity" firing all run.
+            self.failopen.call("cuda_memory", reset_cuda_peak, self.device)
         self.pipeline.process(stats)
+
+    def _sample_probes(self) -> None:
+        """Close the window's telemetry (NVML means, FLOPs, host threads) and age trace figures."""
+        if self.trace_figures:
+            self._trace_age += 1
+            if self._trace_age > _TRACE_FIGURES_WINDOWS:
+                self.trace_figures = {}
+        for probe in self.probes:
+            self.failopen.call(probe.name, probe.sample)
+
+    def _joined_figures(self, step_s: float) -> dict[str, float]:
+        """Figures from other sources for a window whose mean step is ``step_s``."""
+        out: dict[str, float] = {}
+        if self.trace_figures:
+            out.update(self.trace_figures)
+            out["trace_age_windows"] = float(self._trace_age)
+        for probe in self.probes:
+            figures = self.failopen.call(probe.name, probe.figures, step_s)
+            if figures:
+                out.update(figures)
+        return out
+
+    def _read_device_facts(self) -> None:
+        """Capability of the training device, read once at the first window (never at init)."""
+        if self.context.cuda_capability is None:
+            self.context.cuda_capability = torch.cuda.get_device_capability(self.device)
 
     # ----------------------------------------------------------------- report
     def report(self) -> Report:
@@ -531,13 +635,17 @@ class StepRecorder:
         stats = self.window(len(self._ring))
         latest = self.window()
         recs, resolved = self.pipeline.findings(latest)
+        telemetry = self._telemetry_report(totals.breakdown()["step"])
+        throughput = totals.throughput()
+        if telemetry["flops_per_step"]:
+            throughput["tflops"] = telemetry["flops_per_step"] / totals.breakdown()["step"] / 1e12
         return Report(
             steps=totals.steps,
             warmup_steps=self.warmup_steps,
             breakdown=totals.breakdown(),
             device_breakdown=totals.device_breakdown(),
             step_percentiles_s=percentiles,
-            throughput=totals.throughput(),
+            throughput=throughput,
             memory=self._memory_figures(stats),
             gc=totals.gc_figures(),
             recommendations=recs,
@@ -552,6 +660,7 @@ class StepRecorder:
             findings_window=(
                 {"first_step": latest.first_step, "last_step": latest.last_step} if latest else {}
             ),
+            **telemetry,
         )
 
     def _unmeasured(self) -> tuple[str, ...]:
@@ -569,6 +678,15 @@ class StepRecorder:
         for source in self.comm_sources:
             out.update(self.failopen.call("comm_source", source) or {})
         return out
+
+    def _telemetry_report(self, step_s: float) -> dict[str, Any]:
+        """Report fields from the probes: ``flops_per_step``, ``mfu`` and NVML's ``gpu``."""
+        figures = self._joined_figures(step_s) if step_s > 0 else {}
+        return {
+            "flops_per_step": figures.get("flops_per_step"),
+            "mfu": figures.get("mfu"),
+            "gpu": {k: v for k, v in figures.items() if k.startswith("nvml_")},
+        }
 
     def _memory_figures(self, stats: WindowStats | None) -> dict[str, float]:
         out: dict[str, float] = {}

@@ -25,6 +25,8 @@ CATEGORIES: tuple[str, ...] = (
     "step_variance",
     "gc",
     "recompilation",
+    "device",
+    "host",
 )
 PHASES: tuple[str, ...] = ("data", "forward", "backward", "optimizer", "other")
 
@@ -123,6 +125,13 @@ class Report:
             string: ``breakdown`` (the same keys as :attr:`breakdown`, whole run),
             ``comm_exposed_s``, its latest ``window``, ``finished`` and ``missing``; plus
             ``"straggler"`` with the latest comparison. Empty elsewhere.
+        flops_per_step: Model FLOPs of one optimizer step on this rank (counted once with
+            ``FlopCounterMode``, or given as ``flops_per_step=``); ``None`` when not counted.
+        mfu: Model FLOPs utilisation over the measured steps: achieved FLOP/s over the device's
+            dense peak for the compute dtype (0..1); ``None`` where the peak is unknown (CPU,
+            GPUs not in the table). Achieved TFLOP/s are in ``throughput["tflops"]``.
+        gpu: NVML telemetry of the latest window (``nvml_*`` figures: utilisation, memory, power,
+            clocks, temperature, throttle shares); empty without NVML.
     """
 
     steps: int
@@ -143,6 +152,9 @@ class Report:
     steps_run: int = 0
     unmeasured: tuple[str, ...] = ()
     findings_window: dict[str, int] = field(default_factory=dict)
+    flops_per_step: float | None = None
+    mfu: float | None = None
+    gpu: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (the content of ``perf_report.json``)."""
@@ -165,6 +177,9 @@ class Report:
             "steps_run": self.steps_run,
             "unmeasured_phases": list(self.unmeasured),
             "findings_window": dict(self.findings_window),
+            "flops_per_step": _finite_or_none(self.flops_per_step),
+            "mfu": _finite_or_none(self.mfu),
+            "gpu": _jsonable(self.gpu),
         }
 
     def __str__(self) -> str:
@@ -239,6 +254,16 @@ class Report:
                 f"  validation (not in the steps): {self.validation.get('runs', 0):.0f} runs, "
                 f"{self.validation.get('mean_s', 0.0) * 1e3:.1f} ms each"
             )
+        if self.flops_per_step:
+            tflops = self.throughput.get("tflops")
+            achieved = f", {tflops:.2f} TFLOP/s" if tflops is not None else ""
+            mfu = f", MFU {self.mfu:.1%}" if self.mfu is not None else ", MFU unknown (no peak)"
+            lines.append(f"  model FLOPs: {self.flops_per_step:.3g}/step{achieved}{mfu}")
+        if self.gpu:
+            util, temp = self.gpu.get("nvml_sm_util_pct"), self.gpu.get("nvml_temp_c")
+            parts = [f"utilisation {util:.0f}%" if util is not None else "",
+                     f"{temp:.0f} C" if temp is not None else ""]
+            lines.append("  GPU (NVML): " + ", ".join(p for p in parts if p))
         if self.profiled_steps:
             lines.append(f"  {self.profiled_steps} profiled steps left out of the figures")
         for component, reason in self.disabled.items():

@@ -43,6 +43,7 @@ from perfcallback.report import Report
 from perfcallback.sinks import CallbackSink, LoggingSink, Sink
 from perfcallback.sinks.crossrank import CrossRankSink
 from perfcallback.sinks.tensorboard import TensorBoardSink
+from perfcallback.telemetry import attach_telemetry
 
 __all__ = [
     "EngineSession",
@@ -120,6 +121,8 @@ class EngineSession:
         if device_type is not None:
             context.device_type = device_type
         self.recorder.pipeline.user_sinks.update(id(s) for s in options.sinks)
+        attach_telemetry(self.recorder, nvml=options.nvml, nvml_interval_s=options.nvml_interval_s,
+                         count_flops=options.count_flops, flops_per_step=options.flops_per_step)
         self.failopen: FailOpen = self.recorder.failopen
         self.cross_rank: CrossRankSink | None = None
         if world_size > 1:

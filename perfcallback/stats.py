@@ -144,6 +144,33 @@ EXTRA_KEYS: dict[str, str] = {
     "slowest_rank": "rank with the longest mean step",
     "trace_first_step": "first step of the profiler capture the trace figures come from",
     "trace_last_step": "last step of that capture",
+    "trace_age_windows": "windows since that capture's figures joined (they age out)",
+    # Device telemetry (NVML, sampled on a background thread; means over the window)
+    "nvml_sm_util_pct": "NVML: share of time a kernel ran on the GPU (SM utilisation), percent",
+    "nvml_mem_util_pct": "NVML: share of time device memory was read or written, percent",
+    "nvml_mem_used_bytes": "NVML: device memory in use, all processes",
+    "nvml_mem_total_bytes": "NVML: device memory",
+    "nvml_power_w": "NVML: board power draw, watts",
+    "nvml_power_limit_w": "NVML: enforced power limit, watts",
+    "nvml_sm_clock_mhz": "NVML: SM clock",
+    "nvml_sm_clock_max_mhz": "NVML: maximum SM clock",
+    "nvml_mem_clock_mhz": "NVML: memory clock",
+    "nvml_mem_clock_max_mhz": "NVML: maximum memory clock",
+    "nvml_temp_c": "NVML: GPU temperature, degrees Celsius",
+    "nvml_throttle_power_pct": "NVML: share of samples with clocks held down by the power cap",
+    "nvml_throttle_thermal_pct": "NVML: share of samples with thermal slowdown (software or HW)",
+    "nvml_throttle_hw_slowdown_pct": "NVML: share of samples with hardware slowdown/power brake",
+    "nvml_pcie_tx_mb_s": "NVML: PCIe transmit throughput, MiB/s",
+    "nvml_pcie_rx_mb_s": "NVML: PCIe receive throughput, MiB/s",
+    "nvml_gpu_count": "NVML: GPUs sampled for this process (means; memory: the fullest)",
+    # Model FLOPs (counted once with FlopCounterMode, or given as flops_per_step=)
+    "flops_per_step": "model FLOPs of one optimizer step on this rank",
+    "tflops": "achieved model TFLOP/s on this rank (flops_per_step / mean step time)",
+    "mfu": "model FLOPs utilisation: achieved FLOP/s / the device's dense peak (0..1)",
+    # Host threads (read once per window)
+    "intra_op_threads": "torch.get_num_threads() in the training process",
+    "process_cpu_cores": "CPU time of this process per second of wall time (cores kept busy)",
+    "load_avg_1m": "host load average over the last minute (runnable threads)",
 }
 
 

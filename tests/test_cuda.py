@@ -71,3 +71,63 @@ def test_device_time_tracks_host_time_for_a_gpu_bound_loop() -> None:
     report = perf.report()
     assert report.device_breakdown is not None
     assert report.device_breakdown["step"] == pytest.approx(report.breakdown["step"], rel=0.25)
+
+
+def test_a_warm_up_spike_leaves_the_window_peak() -> None:
+    """The allocator's peak is reset every window: a spike in step 1 is not a later window's."""
+    model = _model(1024)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4)
+    x = torch.randn(64, 1024, device="cuda")
+    with PerfMonitor(model=model, optimizer=opt, warmup_steps=2, window_steps=5) as perf:
+        for i in perf.wrap_loader(range(30)):
+            with perf.step():
+                if i == 0:
+                    spike = torch.empty(2**30, dtype=torch.uint8, device="cuda")
+                    del spike
+                model(x).square().mean().backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+    window = perf.recorder.window()
+    assert window is not None and window.cuda_peak_allocated_bytes is not None
+    assert window.cuda_peak_allocated_bytes < 2**30
+
+
+def test_a_step_captured_into_a_cuda_graph_is_not_timed_and_the_capture_works() -> None:
+    model = _model(512)
+    x = torch.randn(64, 512, device="cuda")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):  # warm-up before capture, as the CUDA graphs docs ask
+            model(x)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with PerfMonitor(model=model, warmup_steps=0, window_steps=5) as perf:
+        with perf.step():
+            model(x)  # an ordinary timed step first
+        with torch.cuda.graph(graph), perf.step():
+            out = model(x)
+        for _ in perf.wrap_loader(range(10)):
+            with perf.step():
+                graph.replay()
+    torch.cuda.synchronize()
+    assert out.shape == (64, 512)
+    assert perf.recorder._cuda is not None and perf.recorder._cuda.skipped_captures == 1
+    assert not perf.report().disabled
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+def test_events_and_memory_follow_the_models_device_not_the_current_one() -> None:
+    model = _model(1024).to("cuda:1")
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4)
+    x = torch.randn(256, 1024, device="cuda:1")
+    torch.cuda.set_device(0)
+    with PerfMonitor(model=model, optimizer=opt, warmup_steps=2, window_steps=5) as perf:
+        for _ in perf.wrap_loader(range(20)):
+            with perf.step():
+                model(x).square().mean().backward()
+                opt.step()
+    report = perf.report()
+    assert not report.disabled
+    assert report.device_breakdown is not None and report.device_breakdown["forward"] > 0
+    assert report.memory["cuda_allocated_bytes"] >= 4 * 1024 * 1024 * 4  # on cuda:1

@@ -35,7 +35,8 @@ def test_a_gpu_capture_joins_the_windows_and_its_rules_fire(shared_traces: Path)
     _steps(rec, clock, 10)
     extra = rec.window().extra
     expected = capture_figures(shared_traces / LAUNCH_BOUND)
-    assert extra == {**expected, "trace_first_step": 3.0, "trace_last_step": 4.0}
+    assert extra == {**expected, "trace_first_step": 3.0, "trace_last_step": 4.0,
+                     "trace_age_windows": 2.0}
     assert extra["gpu_idle_pct"] > 50
     assert "launch_bound.small_kernels" in {r.rule for r in rec.report().recommendations}
 

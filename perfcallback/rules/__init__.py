@@ -62,10 +62,16 @@ def rule(rule_id: str, *, category: str) -> Callable[[RuleFn], RuleFn]:
     return register
 
 
+_loaded = False  # the built-in modules were imported (once: evaluate() runs every window)
+
+
 def registered_rules() -> dict[str, Rule]:
     """All registered rules by id (built-in ones loaded)."""
-    for module in _BUILTIN_MODULES:
-        importlib.import_module(f"perfcallback.rules.{module}")
+    global _loaded
+    if not _loaded:
+        for module in _BUILTIN_MODULES:
+            importlib.import_module(f"perfcallback.rules.{module}")
+        _loaded = True
     return dict(_REGISTRY)
 
 

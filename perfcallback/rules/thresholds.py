@@ -108,6 +108,24 @@ DEFAULTS: dict[str, float] = {
     "straggler.slow_rank.warning": 0.10,  # every rank waits this long for the slowest each step
     "straggler.slow_rank.critical": 0.30,
     "straggler.slow_rank.persistence": 0.6,  # share of recent windows the same rank led (live)
+    # --- device.*: NVML telemetry, sampled at 5 Hz on a background thread, window means.
+    "device.gpu_idle.warning": 0.40,  # share of time no kernel ran (1 - NVML utilisation): a
+    # GPU-bound step keeps NVML utilisation at 90-100%; below 60% the host is the bottleneck
+    "device.gpu_idle.critical": 0.75,  # the GPU mostly waits
+    "device.gpu_idle.data_share": 0.10,  # host phase share that names the cause (dataloader.stall)
+    "device.clocks_throttled.max_clock_ratio": 0.90,  # SM clock / max: boost clocks vary ~5-10%
+    # under normal load, so only a larger drop counts as throttling
+    "device.clocks_throttled.min_share": 0.25,  # share of samples with the throttle reason set
+    "device.clocks_throttled.critical_share": 0.75,  # thermal/HW slowdown most of the time
+    "device.memory_near_capacity.warning": 0.95,  # NVML used / total, all processes: the
+    # allocator rule (memory.device_near_capacity) covers PyTorch's share; this one adds the rest
+    "device.memory_near_capacity.critical": 0.99,
+    # --- host.cpu_oversubscribed: threads wanting a core vs cores free for them.
+    "host.cpu_oversubscribed.ratio": 1.0,  # more runnable threads than cores: OpenMP barriers
+    # spin-wait on descheduled threads (the 2-thread, busy 2-core case ran 4x slower)
+    "host.cpu_oversubscribed.critical_ratio": 2.0,
+    "host.cpu_oversubscribed.min_compute_share": 0.30,  # CPU runs: forward+backward+optimizer
+    # share of the step below which the threads are not what the step waits for
 }
 
 

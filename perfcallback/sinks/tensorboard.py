@@ -30,6 +30,10 @@ Tag scheme (units in the name; MB means MiB):
     perf/ranks/<rank>/step_ms, perf/ranks/<rank>/phase/<phase>_ms,
     perf/ranks/<rank>/comm_exposed_ms, perf/ranks/step_spread_pct, perf/ranks/slowest_rank,
     perf/ranks/missing (rank zero, from the cross-rank exchange: every rank's latest window)
+    perf/gpu/<name> (NVML telemetry, window means: the nvml_<name> keys of stats.EXTRA_KEYS,
+        e.g. perf/gpu/sm_util_pct, perf/gpu/power_w, perf/gpu/throttle_thermal_pct)
+    perf/mfu (model FLOPs utilisation, 0..1), perf/tflops (achieved model TFLOP/s)
+    perf/host/<name> (intra_op_threads, process_cpu_cores, load_avg_1m)
     perf/recommendations/<category>: severity of the active finding, 0 none, 1 info, 2 warning,
         3 critical; written every window for each category seen in the run
     Text: perf/recommendations (markdown table), perf/profiler_traces (captured traces)
@@ -229,7 +233,8 @@ def window_scalars(stats: WindowStats) -> list[tuple[str, float]]:
         value = getattr(stats, name)
         if value is not None:
             out.append((f"perf/compile/{name}", float(value)))
-    out += [(f"perf/trace/{key}", float(value)) for key, value in sorted(stats.extra.items())]
+    out += [(extra_tag(key), float(value)) for key, value in sorted(stats.extra.items())
+            if key != "flops_per_step"]  # a constant of the run: in the report, not a curve
     if stats.comm_exposed_s:
         out.append(("perf/comm/exposed_ms", stats.comm_exposed_s * 1e3))
     out += rank_scalars(stats)
@@ -252,6 +257,20 @@ def rank_scalars(stats: WindowStats) -> list[tuple[str, float]]:
         out.append(("perf/ranks/slowest_rank", float(cr.slowest_rank)))
     out.append(("perf/ranks/missing", float(len(cr.missing))))
     return out
+
+
+_HOST_KEYS = frozenset({"intra_op_threads", "process_cpu_cores", "load_avg_1m"})
+
+
+def extra_tag(key: str) -> str:
+    """The tag of a figure joined into ``WindowStats.extra`` (see the module docstring)."""
+    if key.startswith("nvml_"):
+        return f"perf/gpu/{key.removeprefix('nvml_')}"
+    if key in ("mfu", "tflops"):
+        return f"perf/{key}"
+    if key in _HOST_KEYS:
+        return f"perf/host/{key}"
+    return f"perf/trace/{key}"
 
 
 def _cell(text: str) -> str:
