@@ -26,26 +26,11 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
+from perfcallback.integrations._patch import InstancePatches, bracket
 from perfcallback.recorder import StepRecorder
 from perfcallback.stats import FORWARD, OPTIMIZER
 
 PROBE = "lightning_probe"  # fail-open component name of the wrapped Trainer calls
-_MISSING = object()
-
-
-def _bracket(
-    fn: Callable[..., Any], phase: int, start: Callable[[int], Any], end: Callable[[int], Any]
-) -> Callable[..., Any]:
-    """``fn`` inside ``phase``; the phase ends even when ``fn`` raises."""
-
-    def bracketed(*args: Any, **kwargs: Any) -> Any:
-        start(phase)
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            end(phase)
-
-    return bracketed
 
 
 def _sampling_autocast(fn: Callable[..., Any], recorder: StepRecorder,
@@ -92,7 +77,7 @@ class TrainerProbes:
     def __init__(
         self, recorder: StepRecorder, trainer: Any, fetch_begins: Callable[[], None]
     ) -> None:
-        self._installed: list[tuple[object, str, object, object]] = []
+        self._patches = InstancePatches()
         guard = recorder.failopen.guard
         start, end = guard(PROBE, recorder.phase_start), guard(PROBE, recorder.phase_end)
         strategy = trainer.strategy
@@ -104,11 +89,11 @@ class TrainerProbes:
             (strategy, "optimizer_step", OPTIMIZER),
             (module, "optimizer_step", OPTIMIZER),
         ):
-            self._shadow(obj, name, _bracket(getattr(obj, name), phase, start, end))
+            self._patches.shadow(obj, name, bracket(getattr(obj, name), phase, start, end))
         user_step = getattr(module, "training_step", None)
         if user_step is not None:
             sample = guard(PROBE, recorder.sample_autocast)
-            self._shadow(module, "training_step", _sampling_autocast(user_step, recorder, sample))
+            self._patches.shadow(module, "training_step", _sampling_autocast(user_step, recorder, sample))
         loop = trainer.fit_loop.epoch_loop
         if not (hasattr(loop, "_on_before_fetch") and hasattr(loop, "_on_after_fetch")):
             warnings.warn(
@@ -118,27 +103,15 @@ class TrainerProbes:
             )
             return
         # The profiler's own start/stop stay outside the measured fetch.
-        self._shadow(
+        self._patches.shadow(
             loop,
             "_on_before_fetch",
             _then(loop._on_before_fetch, guard(PROBE, fetch_begins)),
         )
-        self._shadow(
+        self._patches.shadow(
             loop, "_on_after_fetch", _first(guard(PROBE, recorder.data_end), loop._on_after_fetch)
         )
 
-    def _shadow(self, obj: object, name: str, wrapper: object) -> None:
-        previous = obj.__dict__.get(name, _MISSING)  # someone else's instance patch, if any
-        setattr(obj, name, wrapper)
-        self._installed.append((obj, name, wrapper, previous))
-
     def remove(self) -> None:
         """Restore every shadowed call (unless replaced since). Idempotent."""
-        for obj, name, wrapper, previous in reversed(self._installed):
-            if obj.__dict__.get(name) is not wrapper:
-                continue
-            if previous is _MISSING:
-                delattr(obj, name)
-            else:
-                setattr(obj, name, previous)
-        self._installed.clear()
+        self._patches.remove()

@@ -418,12 +418,5 @@ class PerfCallback(*_BASES):  # type: ignore[misc]
         if session is None or self._finished:
             return
         self._finished = True
-        rec = session.recorder
-        try:
-            if self._step_done:
-                self._step_done = False
-                rec.end_step()
-            if rec.in_step:
-                rec.abort_step()
-        finally:
-            session.close(summary=True)
+        update_ran, self._step_done = self._step_done, False
+        session.finish(update_ran=update_ran)

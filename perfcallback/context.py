@@ -241,6 +241,8 @@ def autocast_active(device_type: str = "cuda") -> bool:
 
 def autocast_dtype(device_type: str = "cuda") -> str | None:
     """Name of autocast's dtype for ``device_type`` (``"bfloat16"``); ``None`` if unknown."""
+    import torch
+
     try:
         return str(torch.get_autocast_dtype(device_type)).removeprefix("torch.")
     except (AttributeError, RuntimeError, TypeError):  # older torch

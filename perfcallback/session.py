@@ -294,6 +294,19 @@ class EngineSession:
         where = f"\n  written to {self.report_dir}" if self.report_dir is not None else ""
         logger.info("%s%s%s", prefix, self.report(), where)
 
+    def finish(self, *, update_ran: bool, summary: bool = True) -> Report:
+        """End a framework's run: close the open step if its optimizer update ran (else drop it),
+        then :meth:`close`. For adapters whose step ends where the next fetch begins."""
+        rec = self.recorder
+        try:
+            if update_ran:
+                rec.end_step()
+            if rec.in_step:
+                rec.abort_step()
+        finally:
+            report = self.close(summary=summary)
+        return report
+
     def close(self, *, summary: bool = False) -> Report:
         """End the run: release probes, flush outputs, write the report file. Idempotent.
 

@@ -175,7 +175,7 @@ def test_a_balanced_job_gets_no_straggler_or_communication_finding(tmp_path: Pat
 def test_a_capture_on_rank_zero_is_not_taken_for_a_straggler(tmp_path: Path) -> None:
     """Profiling slows the rank that runs it (here rank zero's scheduled capture, ~10x per step on
     CPU); rounds overlapping it are not judged, so it creates no straggler finding."""
-    run_distributed(_train, str(tmp_path), "none", -1, 73, 64, 2, 8192, True, world_size=2)
+    run_distributed(_train, str(tmp_path), "even", -1, 73, 64, 2, 8, True, world_size=2)
     results = _results(tmp_path, 2)
     report = results[0]["report"]
     assert report["profiled_steps"] >= 3  # the capture ran
