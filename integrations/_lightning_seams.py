@@ -93,7 +93,8 @@ class TrainerProbes:
         user_step = getattr(module, "training_step", None)
         if user_step is not None:
             sample = guard(PROBE, recorder.sample_autocast)
-            self._patches.shadow(module, "training_step", _sampling_autocast(user_step, recorder, sample))
+            sampling = _sampling_autocast(user_step, recorder, sample)
+            self._patches.shadow(module, "training_step", sampling)
         loop = trainer.fit_loop.epoch_loop
         if not (hasattr(loop, "_on_before_fetch") and hasattr(loop, "_on_after_fetch")):
             warnings.warn(
