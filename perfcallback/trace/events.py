@@ -15,7 +15,8 @@ Design notes:
   numbers beyond 64 bits make the file unreadable (:class:`TraceError`).
 - CPU events are reduced to what later figures need: runtime calls by correlation id (launch
   delays, the kernel-to-step mapping), ``ProfilerStep#N`` spans, DataLoader ``__next__`` spans,
-  blocking device synchronisation calls and optimizer steps.
+  blocking device synchronisation calls and optimizer steps; ``cpu_op`` events and the launch
+  calls keep their thread (interned ``tid``) for the operator table (``operators.py``).
 """
 
 from __future__ import annotations
@@ -88,6 +89,11 @@ class RankTrace:
     launch_ts: array[float] = field(default_factory=lambda: array("d"))
     launch_dur: array[float] = field(default_factory=lambda: array("d"))
     launch_name: array[int] = field(default_factory=lambda: array("l"))
+    launch_thread: array[int] = field(default_factory=lambda: array("l"))
+    op_ts: array[float] = field(default_factory=lambda: array("d"))  # cpu_op events
+    op_dur: array[float] = field(default_factory=lambda: array("d"))
+    op_name: array[int] = field(default_factory=lambda: array("l"))
+    op_thread: array[int] = field(default_factory=lambda: array("l"))
     steps: list[Step] = field(default_factory=list)
     step_names: int = 0  # distinct names containing "ProfilerStep" (HTA's count)
     last_step_start: float | None = None  # HTA's cutoff: latest start of such a host event
@@ -119,6 +125,7 @@ class _Builder:
         self._name_ids: dict[str, int] = {}
         self._step_names: set[str] = set()
         self._steps: dict[int, Step] = {}
+        self._threads: dict[int | str | None, int] = {}
 
     def name_id(self, name: str) -> int:
         idx = self._name_ids.get(name)
@@ -144,9 +151,9 @@ class _Builder:
             raise TraceError(self.trace.path, f"a number in an event is out of range ({exc})") \
                 from None
         t = self.trace
-        if len(t.gpu_ts) + len(t.launch_ts) > self._max_events:
-            raise TraceError(t.path, f"more than {self._max_events:,} GPU events and launch "
-                                     "calls, the limit per trace file")
+        if len(t.gpu_ts) + len(t.launch_ts) + len(t.op_ts) > self._max_events:
+            raise TraceError(t.path, f"more than {self._max_events:,} GPU events, launch "
+                                     "calls and CPU operators, the limit per trace file")
 
     def _add(self, events: Iterable[Event]) -> None:
         """The hot loop: keep it flat."""
@@ -196,7 +203,13 @@ class _Builder:
                 t.launch_ts.append(ts)
                 t.launch_dur.append(dur)
                 t.launch_name.append(self.name_id(e.name))
+                t.launch_thread.append(self._thread(e.tid))
         name = e.name
+        if cat == "cpu_op" and "ProfilerStep#" not in name:  # a step is no operator (tb-profiler)
+            t.op_ts.append(ts)
+            t.op_dur.append(dur)
+            t.op_name.append(self.name_id(name))
+            t.op_thread.append(self._thread(e.tid))
         if "ProfilerStep" in name:
             self._step(name, cat, ts, dur)
         elif "DataLoader" in name and name.endswith("__next__"):
@@ -210,6 +223,13 @@ class _Builder:
             t.optimizer.append((ts, ts + dur))
         elif cat == "cuda_profiler_range":
             t.profiler_ranges += 1
+
+    def _thread(self, tid: int | str | None) -> int:
+        """A small index for a thread id (Kineto writes ints, some tools strings)."""
+        idx = self._threads.get(tid)
+        if idx is None:
+            idx = self._threads[tid] = len(self._threads)
+        return idx
 
     def _step(self, name: str, cat: str, ts: float, dur: float) -> None:
         t = self.trace

@@ -69,8 +69,8 @@ class TraceLimits:
             MB (the largest public Kineto traces we know are ~300 MB) with room to spare; the CLI
             sets it with ``--max-trace-mb``. ``0`` means no limit.
         max_event_bytes: Longest stretch of text without an event boundary that decodes.
-        max_events: GPU activities plus host launch calls kept per file (the columns that grow
-            with the trace; see docs/reliability.md for what they cost).
+        max_events: GPU activities, host launch calls and CPU operators kept per file (the
+            columns that grow with the trace; see docs/reliability.md for what they cost).
         max_name_chars: Characters of distinct event names kept per file (names are interned).
     """
 
@@ -108,6 +108,7 @@ if msgspec is not None:
         name: str = ""
         ts: float | None = None
         dur: float | None = None
+        tid: int | str | None = None
         args: _Args | None = None
 
     class _Doc(msgspec.Struct, gc=False):
@@ -133,11 +134,12 @@ class _PyArgs:
 class _PyEvent:
     """One trace event, reduced to what the analysis reads (stdlib decoder)."""
 
-    __slots__ = ("args", "cat", "dur", "name", "ph", "ts")
+    __slots__ = ("args", "cat", "dur", "name", "ph", "tid", "ts")
 
     def __init__(self, ph: str, cat: str | None, name: str, ts: float | None, dur: float | None,
-                 args: _PyArgs | None) -> None:
-        self.ph, self.cat, self.name, self.ts, self.dur, self.args = ph, cat, name, ts, dur, args
+                 tid: int | str | None, args: _PyArgs | None) -> None:
+        self.ph, self.cat, self.name, self.ts, self.dur = ph, cat, name, ts, dur
+        self.tid, self.args = tid, args
 
 
 if msgspec is None:  # pragma: no cover
@@ -208,7 +210,8 @@ def _py_events(raw: Any) -> list[Event]:
         out.append(_PyEvent(
             _field(item, "ph", (str,), i, "") or "", _field(item, "cat", (str,), i, None),
             _field(item, "name", (str,), i, "") or "", _field(item, "ts", (int, float), i, None),
-            _field(item, "dur", (int, float), i, None), py_args))
+            _field(item, "dur", (int, float), i, None), _field(item, "tid", (int, str), i, None),
+            py_args))
     return out
 
 

@@ -82,15 +82,21 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], first_left: boo
 
 
 def render_analysis(
-    analysis: TraceAnalysis, recommendations: Sequence[Recommendation], *, rank: int | None = None
+    analysis: TraceAnalysis, recommendations: Sequence[Recommendation], *, rank: int | None = None,
+    operators: bool = False,
 ) -> str:
-    """The ``perfcallback analyze`` report: a per-rank summary, then one rank in detail."""
+    """The ``perfcallback analyze`` report: a per-rank summary, then one rank in detail.
+
+    ``operators`` adds that rank's operator table (``analyze --ops``).
+    """
     parts = [f"perfcallback analyze: {safe_text(analysis.source)} ({len(analysis.ranks)} rank"
              f"{'s' if len(analysis.ranks) != 1 else ''})"]
     parts.append(_summary_table(analysis))
     detail = _detail_rank(analysis, rank)
     if detail is not None:
         parts.append(_render_rank(detail))
+        if operators:
+            parts.append(_operator_table(detail))
     parts.append(_cross(analysis))
     notes = list(analysis.notes) + [s for s in analysis.skipped]
     for r, ra in sorted(analysis.ranks.items()):
@@ -160,6 +166,18 @@ def _render_rank(ra: RankAnalysis) -> str:
         lines += ["Steps", _table(["step", "wall ms", "GPU util %", "data %", "comm ms", "kernels"],
                                   rows)]
     return "\n".join(lines)
+
+
+def _operator_table(ra: RankAnalysis) -> str:
+    if not ra.operators:
+        return f"Top operators of rank {ra.rank}: none (no cpu_op events in the window)"
+    names = short_names([o.name for o in ra.operators])
+    rows = [[name, str(o.calls), _num(o.device_self_us, 3, _MS), _num(o.device_total_us, 3, _MS),
+             _num(o.host_self_us, 3, _MS), _num(o.host_total_us, 3, _MS)]
+            for name, o in zip(names, ra.operators, strict=True)]
+    return (f"Top operators of rank {ra.rank} (by device self time, then host self time)\n"
+            + _table(["operator", "calls", "device self ms", "device total ms", "host self ms",
+                      "host total ms"], rows))
 
 
 def _cross(analysis: TraceAnalysis) -> str:
