@@ -34,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Performance monitor and advisor for PyTorch training loops.",
     )
     parser.add_argument("--version", action="version", version=f"perfcallback {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    # prog given: argparse would otherwise build a help formatter now (and import shutil)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", prog="perfcallback")
     analyze = sub.add_parser(
         "analyze", help="analyse PyTorch profiler (Kineto) traces",
         description="Analyse a Kineto trace file, a folder of per-rank traces, or a log folder "

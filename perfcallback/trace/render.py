@@ -8,14 +8,15 @@ name is the trace author's string, and an escape sequence in it could rewrite th
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections import Counter
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from perfcallback.report import Recommendation
-from perfcallback.trace.analysis import RankAnalysis, TraceAnalysis
-from perfcallback.trace.diff import NEUTRAL_NOTES, MetricChange, TraceDiff
+if TYPE_CHECKING:  # imported where used: `analyze` needs neither diff nor report at run time
+    from perfcallback.report import Recommendation
+    from perfcallback.trace.analysis import RankAnalysis, TraceAnalysis
+    from perfcallback.trace.diff import MetricChange, TraceDiff
 
 _NAME_WIDTH = 60
 _MS = 1e-3  # trace times are microseconds; every table shows milliseconds
@@ -53,6 +54,8 @@ def short_names(names: Sequence[str], width: int = _NAME_WIDTH) -> list[str]:
     for name, short in zip(names, cut, strict=True):
         if short in clashes and len(set(n for n, c in zip(names, cut, strict=True)
                                         if c == short)) > 1:
+            import hashlib  # rare: two names that read alike once cut
+
             digest = hashlib.sha1(name.encode("utf-8", "replace")).hexdigest()[:6]
             short = _elide(safe_text(name), width - 8) + f" [#{digest}]"
         out.append(short)
@@ -195,6 +198,8 @@ def render_diff(diff: TraceDiff) -> str:
     direction means nothing on its own (``MetricChange.worse`` is ``None`` by design, such as
     the launch delay) are marked ``see note``, never "worse".
     """
+    from perfcallback.trace.diff import NEUTRAL_NOTES
+
     rows = []
     for m in diff.metrics:
         scale, unit = (_MS, "ms") if m.unit == "us" else (1.0, m.unit)
