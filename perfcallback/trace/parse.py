@@ -122,10 +122,11 @@ def _msgspec_events() -> Any:
     global _fast
     if _fast is _UNSET:
         try:
-            from perfcallback.trace import _msgspec_events as fast
+            from perfcallback.trace import _msgspec_events
         except ImportError:
-            fast = None
-        _fast = fast
+            _fast = None
+        else:
+            _fast = _msgspec_events
     return _fast
 
 
@@ -135,8 +136,9 @@ def _orjson_module() -> Any:
         try:
             import orjson
         except ImportError:
-            orjson = None
-        _orjson = orjson
+            _orjson = None
+        else:
+            _orjson = orjson
     return _orjson
 
 
