@@ -148,25 +148,30 @@ def launch_stats(rt: RankTrace, kept: Sequence[int]) -> LaunchStats | None:
     shorter = 0
     kernels = short = 0
     launch_names: dict[int, bool] = {}
-    for i in kept:
-        kind = rt.gpu_kind[i]
+    kinds, durs, corrs, gpu_ts = rt.gpu_kind, rt.gpu_dur, rt.gpu_corr, rt.gpu_ts
+    index, l_ts, l_dur, l_name = rt.launch_index, rt.launch_ts, rt.launch_dur, rt.launch_name
+    for i in kept:  # hot: one pass over the window's GPU events, locals only
+        kind = kinds[i]
         if kind == GPU_KIND_SYNC:
             continue
+        dur = durs[i]
         if kind == GPU_KIND_KERNEL:
             kernels += 1
-            short += rt.gpu_dur[i] < SHORT_KERNEL_US
-        j = rt.launch_of(rt.gpu_corr[i])
+            short += dur < SHORT_KERNEL_US
+        j = index.get(corrs[i])
         if j is None:
             continue
-        nid = rt.launch_name[j]
-        if nid not in launch_names:
-            launch_names[nid] = is_launch_call(rt.names[nid])
-        if not launch_names[nid]:
+        nid = l_name[j]
+        ok = launch_names.get(nid)
+        if ok is None:
+            ok = launch_names[nid] = is_launch_call(rt.names[nid])
+        if not ok:
             continue
-        cpu_end = rt.launch_ts[j] + rt.launch_dur[j]
-        delays.append(max(0.0, rt.gpu_ts[i] - cpu_end))
-        runtimes.append(rt.launch_dur[j])
-        shorter += rt.gpu_dur[i] < rt.launch_dur[j]
+        runtime = l_dur[j]
+        delay = gpu_ts[i] - (l_ts[j] + runtime)
+        delays.append(delay if delay > 0.0 else 0.0)
+        runtimes.append(runtime)
+        shorter += dur < runtime
     if not delays:
         return None
     delays.sort()
