@@ -114,14 +114,18 @@ def kernel_breakdown(
 ) -> tuple[tuple[KernelTypeShare, ...], tuple[KernelStat, ...], dict[str, float]]:
     """Per-type shares, the ``top`` kernels and every name's summed time, over ``kept``."""
     per_name: dict[int, list[float]] = {}  # name id -> [count, total, max]
+    kinds, names, durs = rt.gpu_kind, rt.gpu_name, rt.gpu_dur
     for i in kept:
-        if rt.gpu_kind[i] == GPU_KIND_SYNC:
+        if kinds[i] == GPU_KIND_SYNC:
             continue
-        acc = per_name.setdefault(rt.gpu_name[i], [0, 0.0, 0.0])
-        dur = rt.gpu_dur[i]
+        acc = per_name.get(names[i])
+        if acc is None:
+            acc = per_name[names[i]] = [0, 0.0, 0.0]
+        dur = durs[i]
         acc[0] += 1
         acc[1] += dur
-        acc[2] = max(acc[2], dur)
+        if dur > acc[2]:
+            acc[2] = dur
     grand = sum(acc[1] for acc in per_name.values())
     by_type: dict[str, list[float]] = {}
     for name_id, (count, total, _) in per_name.items():

@@ -16,14 +16,15 @@ Definitions follow the Operator view of the PyTorch profiler's TensorBoard plugi
   GPU activities the window keeps, are counted.
 - The table keeps the top :data:`TOP_OPERATORS` by device self time, then host self time.
 
-Memory: the columns are bounded by ``TraceLimits.max_events``; this pass adds a few arrays of the
-same length, freed when it returns.
+Memory: the operator columns (32 bytes an operator) count towards ``TraceLimits.max_events``;
+this pass adds about 100 bytes an operator (sort keys, three arrays), freed when it returns, less
+than a GPU event or launch call costs, so the bound of docs/reliability.md holds.
 """
 
 from __future__ import annotations
 
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from perfcallback.trace.events import GPU_KIND_SYNC, RankTrace
@@ -57,17 +58,15 @@ def operator_stats(
         launch_to: Operators starting at or after this are outside the window.
         top: Rows kept.
     """
-    ops = [i for i, ts in enumerate(rt.op_ts) if launch_from <= ts < launch_to]
-    if not ops:
+    by_thread: dict[int, list[int]] = {}
+    thread = rt.op_thread
+    for i, ts in enumerate(rt.op_ts):
+        if launch_from <= ts < launch_to:
+            by_thread.setdefault(thread[i], []).append(i)
+    if not by_thread:
         return ()
-    device = _device_by_launch(rt, kept)
-    parent, child_us, self_dev, order = _nest(rt, ops, device)
-    total_dev = array("d", self_dev)
-    for i in reversed(order):  # children come after their parents: fold totals upwards
-        p = parent[i]
-        if p >= 0:
-            total_dev[p] += total_dev[i]
-    return _aggregate(rt, ops, child_us, self_dev, total_dev, top)
+    child_us, self_dev, total_dev = _nest(rt, by_thread, _device_by_launch(rt, kept))
+    return _aggregate(rt, by_thread, child_us, self_dev, total_dev, top)
 
 
 def _device_by_launch(rt: RankTrace, kept: Sequence[int]) -> dict[int, float]:
@@ -84,69 +83,99 @@ def _device_by_launch(rt: RankTrace, kept: Sequence[int]) -> dict[int, float]:
 
 
 def _nest(
-    rt: RankTrace, ops: Sequence[int], device: dict[int, float]
-) -> tuple[array[int], array[float], array[float], list[int]]:
-    """One sweep per thread over operators and launch calls, with a stack of open operators.
+    rt: RankTrace, by_thread: dict[int, list[int]], device: dict[int, float]
+) -> tuple[array[float], array[float], array[float]]:
+    """One sweep per thread over its operators and launch calls, with a stack of open operators.
 
-    Returns each operator's parent (-1: none), its direct children's summed duration and its
-    device self time, indexed like ``rt.op_*``, and the operators in sweep order (a parent
-    before its children).
+    Returns each operator's direct children's summed duration, its device self time and its
+    device total time, indexed like ``rt.op_*``. Memory: the sort keys and three arrays, about
+    100 bytes per operator, freed on return (no per-operator tuples: the event limit bounds it).
     """
     n = len(rt.op_ts)
-    parent = array("q", [-1]) * n
     child_us = array("d", [0.0]) * n
     self_dev = array("d", [0.0]) * n
-    ts, dur, thread = rt.op_ts, rt.op_dur, rt.op_thread
-    # (thread, time, 0 = operator / 1 = launch, -duration, index): at equal times an operator
-    # opens before a launch it holds, and a longer operator before a shorter one inside it.
-    items = [(thread[i], ts[i], 0, -dur[i], i) for i in ops]
-    lts, lthread = rt.launch_ts, rt.launch_thread
-    items += [(lthread[j], lts[j], 1, 0.0, j) for j in device]
-    items.sort()
+    total_dev = array("d", [0.0]) * n
+    ts, dur = rt.op_ts, rt.op_dur
+    launches: dict[int, list[int]] = {}
+    for j in device:
+        launches.setdefault(rt.launch_thread[j], []).append(j)
+    lts = rt.launch_ts
+    for th, members in by_thread.items():
+        # Start time, then longest first (a parent before the children it holds): two stable
+        # sorts, so equal spans keep file order and the earlier event is the parent.
+        members.sort(key=lambda i: -dur[i])
+        members.sort(key=ts.__getitem__)
+        calls = sorted(launches.get(th, ()), key=lts.__getitem__)
+        _sweep(members, calls, ts, dur, lts, device, child_us, self_dev, total_dev)
+    return child_us, self_dev, total_dev
+
+
+def _sweep(
+    members: list[int], calls: list[int], ts: array[float], dur: array[float],
+    lts: array[float], device: dict[int, float], child_us: array[float],
+    self_dev: array[float], total_dev: array[float],
+) -> None:
+    """Nest one thread's sorted operators; give each launch call's GPU time to the innermost
+    open operator. An operator's device total is final when it leaves the stack."""
     stack: list[int] = []
     ends: list[float] = []
-    order: list[int] = []
-    current = -1
-    for th, start, is_launch, _, i in items:
-        if th != current:
-            stack.clear()
-            ends.clear()
-            current = th
-        while ends and (ends[-1] <= start if is_launch else start - _NEST_SLACK_US >= ends[-1]):
-            stack.pop()
-            ends.pop()
-        if is_launch:
-            if stack:
-                self_dev[stack[-1]] += device[i]
-            continue
+
+    def close() -> None:
+        i = stack.pop()
+        ends.pop()
+        total_dev[i] += self_dev[i]
+        if stack:
+            total_dev[stack[-1]] += total_dev[i]
+
+    k, n_calls = 0, len(calls)
+    for i in members:
+        start = ts[i]
+        while k < n_calls and lts[calls[k]] < start:  # launch calls before this operator
+            _launch(calls[k], lts, device, stack, ends, self_dev, close)
+            k += 1
+        while ends and start - _NEST_SLACK_US >= ends[-1]:  # ended before this one starts
+            close()
         end = start + dur[i]
         while ends and end > ends[-1] + _NEST_SLACK_US:  # not inside the open one: a sibling
-            stack.pop()
-            ends.pop()
+            close()
         if stack:
-            parent[i] = stack[-1]
             child_us[stack[-1]] += dur[i]
         stack.append(i)
         ends.append(end)
-        order.append(i)
-    return parent, child_us, self_dev, order
+    for j in calls[k:]:
+        _launch(j, lts, device, stack, ends, self_dev, close)
+    while stack:
+        close()
+
+
+def _launch(j: int, lts: array[float], device: dict[int, float], stack: list[int],
+            ends: list[float], self_dev: array[float], close: Callable[[], None]) -> None:
+    start = lts[j]
+    while ends and ends[-1] <= start:  # operators that ended before this call
+        close()
+    if stack:
+        self_dev[stack[-1]] += device[j]
 
 
 def _aggregate(
-    rt: RankTrace, ops: Sequence[int], child_us: array[float], self_dev: array[float],
-    total_dev: array[float], top: int,
+    rt: RankTrace, by_thread: dict[int, list[int]], child_us: array[float],
+    self_dev: array[float], total_dev: array[float], top: int,
 ) -> tuple[OperatorStat, ...]:
-    by_name: dict[int, list[float]] = {}  # name -> [calls, host total, host self, dev tot, self]
     names, dur = rt.op_name, rt.op_dur
-    for i in ops:
-        row = by_name.get(names[i])
-        if row is None:
-            row = by_name[names[i]] = [0, 0.0, 0.0, 0.0, 0.0]
-        row[0] += 1
-        row[1] += dur[i]
-        row[2] += max(0.0, dur[i] - child_us[i])
-        row[3] += total_dev[i]
-        row[4] += self_dev[i]
+    size = len(rt.names)
+    calls = [0] * size  # by name id
+    host_total, host_self, dev_total, dev_self = ([0.0] * size for _ in range(4))
+    for members in by_thread.values():
+        for i in members:
+            nid, d = names[i], dur[i]
+            own = d - child_us[i]
+            calls[nid] += 1
+            host_total[nid] += d
+            host_self[nid] += own if own > 0.0 else 0.0
+            dev_total[nid] += total_dev[i]
+            dev_self[nid] += self_dev[i]
+    by_name = {nid: (calls[nid], host_total[nid], host_self[nid], dev_total[nid], dev_self[nid])
+               for nid in range(size) if calls[nid]}
     ranked = sorted(by_name.items(), key=lambda kv: (-kv[1][4], -kv[1][2], rt.names[kv[0]]))
     return tuple(
         OperatorStat(name=rt.names[n], calls=int(r[0]), host_total_us=r[1], host_self_us=r[2],
