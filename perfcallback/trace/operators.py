@@ -24,7 +24,7 @@ than a GPU event or launch call costs, so the bound of docs/reliability.md holds
 from __future__ import annotations
 
 from array import array
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from perfcallback.trace.events import GPU_KIND_SYNC, RankTrace
@@ -101,13 +101,25 @@ def _nest(
         launches.setdefault(rt.launch_thread[j], []).append(j)
     lts = rt.launch_ts
     for th, members in by_thread.items():
-        # Start time, then longest first (a parent before the children it holds): two stable
-        # sorts, so equal spans keep file order and the earlier event is the parent.
-        members.sort(key=lambda i: -dur[i])
-        members.sort(key=ts.__getitem__)
+        _sort_operators(members, ts, dur)
         calls = sorted(launches.get(th, ()), key=lts.__getitem__)
         _sweep(members, calls, ts, dur, lts, device, child_us, self_dev, total_dev)
     return child_us, self_dev, total_dev
+
+
+def _sort_operators(members: list[int], ts: array[float], dur: array[float]) -> None:
+    """Sort by start time, then longest first (a parent before the children it holds); equal
+    spans keep file order, so the earlier event is the parent. One C-keyed sort, then only the
+    runs of equal start times are reordered (rare: a parent and its first child)."""
+    members.sort(key=ts.__getitem__)
+    k, n = 0, len(members)
+    while k < n:
+        start, end = ts[members[k]], k + 1
+        while end < n and ts[members[end]] == start:
+            end += 1
+        if end - k > 1:
+            members[k:end] = sorted(members[k:end], key=lambda i: -dur[i])
+        k = end
 
 
 def _sweep(
@@ -116,45 +128,51 @@ def _sweep(
     self_dev: array[float], total_dev: array[float],
 ) -> None:
     """Nest one thread's sorted operators; give each launch call's GPU time to the innermost
-    open operator. An operator's device total is final when it leaves the stack."""
+    open operator. An operator's device total is final when it leaves the stack (the closing
+    code is inlined three times: this loop runs once per operator and launch call)."""
     stack: list[int] = []
     ends: list[float] = []
-
-    def close() -> None:
-        i = stack.pop()
-        ends.pop()
-        total_dev[i] += self_dev[i]
-        if stack:
-            total_dev[stack[-1]] += total_dev[i]
-
     k, n_calls = 0, len(calls)
     for i in members:
         start = ts[i]
         while k < n_calls and lts[calls[k]] < start:  # launch calls before this operator
-            _launch(calls[k], lts, device, stack, ends, self_dev, close)
+            at = lts[calls[k]]
+            while ends and ends[-1] <= at:  # operators that ended before the call
+                c = stack.pop()
+                ends.pop()
+                total_dev[c] += self_dev[c]
+                if stack:
+                    total_dev[stack[-1]] += total_dev[c]
+            if stack:
+                self_dev[stack[-1]] += device[calls[k]]
             k += 1
-        while ends and start - _NEST_SLACK_US >= ends[-1]:  # ended before this one starts
-            close()
         end = start + dur[i]
-        while ends and end > ends[-1] + _NEST_SLACK_US:  # not inside the open one: a sibling
-            close()
+        # close what ended before this operator starts, or does not hold it (a sibling)
+        while ends and (start - _NEST_SLACK_US >= ends[-1] or end > ends[-1] + _NEST_SLACK_US):
+            c = stack.pop()
+            ends.pop()
+            total_dev[c] += self_dev[c]
+            if stack:
+                total_dev[stack[-1]] += total_dev[c]
         if stack:
             child_us[stack[-1]] += dur[i]
         stack.append(i)
         ends.append(end)
-    for j in calls[k:]:
-        _launch(j, lts, device, stack, ends, self_dev, close)
+    for j in calls[k:n_calls]:
+        at = lts[j]
+        while ends and ends[-1] <= at:
+            c = stack.pop()
+            ends.pop()
+            total_dev[c] += self_dev[c]
+            if stack:
+                total_dev[stack[-1]] += total_dev[c]
+        if stack:
+            self_dev[stack[-1]] += device[j]
     while stack:
-        close()
-
-
-def _launch(j: int, lts: array[float], device: dict[int, float], stack: list[int],
-            ends: list[float], self_dev: array[float], close: Callable[[], None]) -> None:
-    start = lts[j]
-    while ends and ends[-1] <= start:  # operators that ended before this call
-        close()
-    if stack:
-        self_dev[stack[-1]] += device[j]
+        c = stack.pop()
+        total_dev[c] += self_dev[c]
+        if stack:
+            total_dev[stack[-1]] += total_dev[c]
 
 
 def _aggregate(
