@@ -17,8 +17,9 @@ Definitions follow the Operator view of the PyTorch profiler's TensorBoard plugi
 - The table keeps the top :data:`TOP_OPERATORS` by device self time, then host self time.
 
 Memory: the operator columns (32 bytes an operator) count towards ``TraceLimits.max_events``;
-this pass adds about 100 bytes an operator (sort keys, three arrays), freed when it returns, less
-than a GPU event or launch call costs, so the bound of docs/reliability.md holds.
+this pass adds about 70 bytes an operator (its index in a per-thread list, a sort key), freed when
+it returns, less than a GPU event or launch call costs, so the bound of docs/reliability.md holds.
+Each operator is counted as it leaves the stack of open operators, so nothing else is kept.
 """
 
 from __future__ import annotations
@@ -62,11 +63,22 @@ def operator_stats(
     thread = rt.op_thread
     for i, ts in enumerate(rt.op_ts):
         if launch_from <= ts < launch_to:
-            by_thread.setdefault(thread[i], []).append(i)
+            members = by_thread.get(thread[i])
+            if members is None:
+                members = by_thread[thread[i]] = []
+            members.append(i)
     if not by_thread:
         return ()
-    child_us, self_dev, total_dev = _nest(rt, by_thread, _device_by_launch(rt, kept))
-    return _aggregate(rt, by_thread, child_us, self_dev, total_dev, top)
+    device = _device_by_launch(rt, kept)
+    launches: dict[int, list[int]] = {}
+    for j in device:
+        launches.setdefault(rt.launch_thread[j], []).append(j)
+    totals = _Totals(len(rt.names))
+    for th, members in by_thread.items():
+        _sort_operators(members, rt.op_ts, rt.op_dur)
+        calls = sorted(launches.get(th, ()), key=rt.launch_ts.__getitem__)
+        _sweep(rt, members, calls, device, totals)
+    return totals.top(rt.names, top)
 
 
 def _device_by_launch(rt: RankTrace, kept: Sequence[int]) -> dict[int, float]:
@@ -80,31 +92,6 @@ def _device_by_launch(rt: RankTrace, kept: Sequence[int]) -> dict[int, float]:
         if j is not None:
             out[j] = out.get(j, 0.0) + dur[i]
     return out
-
-
-def _nest(
-    rt: RankTrace, by_thread: dict[int, list[int]], device: dict[int, float]
-) -> tuple[array[float], array[float], array[float]]:
-    """One sweep per thread over its operators and launch calls, with a stack of open operators.
-
-    Returns each operator's direct children's summed duration, its device self time and its
-    device total time, indexed like ``rt.op_*``. Memory: the sort keys and three arrays, about
-    100 bytes per operator, freed on return (no per-operator tuples: the event limit bounds it).
-    """
-    n = len(rt.op_ts)
-    child_us = array("d", [0.0]) * n
-    self_dev = array("d", [0.0]) * n
-    total_dev = array("d", [0.0]) * n
-    ts, dur = rt.op_ts, rt.op_dur
-    launches: dict[int, list[int]] = {}
-    for j in device:
-        launches.setdefault(rt.launch_thread[j], []).append(j)
-    lts = rt.launch_ts
-    for th, members in by_thread.items():
-        _sort_operators(members, ts, dur)
-        calls = sorted(launches.get(th, ()), key=lts.__getitem__)
-        _sweep(members, calls, ts, dur, lts, device, child_us, self_dev, total_dev)
-    return child_us, self_dev, total_dev
 
 
 def _sort_operators(members: list[int], ts: array[float], dur: array[float]) -> None:
@@ -122,80 +109,82 @@ def _sort_operators(members: list[int], ts: array[float], dur: array[float]) -> 
         k = end
 
 
+class _Totals:
+    """Per operator name (by name id): calls, host total/self, device total/self time."""
+
+    __slots__ = ("calls", "dev_self", "dev_total", "host_self", "host_total")
+
+    def __init__(self, names: int) -> None:
+        self.calls = [0] * names
+        self.host_total, self.host_self = [0.0] * names, [0.0] * names
+        self.dev_total, self.dev_self = [0.0] * names, [0.0] * names
+
+    def top(self, names: Sequence[str], top: int) -> tuple[OperatorStat, ...]:
+        used = [n for n, c in enumerate(self.calls) if c]
+        used.sort(key=lambda n: (-self.dev_self[n], -self.host_self[n], names[n]))
+        return tuple(
+            OperatorStat(name=names[n], calls=self.calls[n], host_total_us=self.host_total[n],
+                         host_self_us=self.host_self[n], device_total_us=self.dev_total[n],
+                         device_self_us=self.dev_self[n])
+            for n in used[:top])
+
+
 def _sweep(
-    members: list[int], calls: list[int], ts: array[float], dur: array[float],
-    lts: array[float], device: dict[int, float], child_us: array[float],
-    self_dev: array[float], total_dev: array[float],
+    rt: RankTrace, members: list[int], calls: list[int], device: dict[int, float],
+    totals: _Totals,
 ) -> None:
-    """Nest one thread's sorted operators; give each launch call's GPU time to the innermost
-    open operator. An operator's device total is final when it leaves the stack (the closing
-    code is inlined three times: this loop runs once per operator and launch call)."""
-    stack: list[int] = []
-    ends: list[float] = []
-    k, n_calls = 0, len(calls)
+    """Nest one thread's sorted operators with a stack of open ones; give each launch call's GPU
+    time to the innermost open operator. An operator is counted when it leaves the stack, when
+    its children are known: so nothing is kept per operator beyond the stack."""
+    ts, dur, names, lts = rt.op_ts, rt.op_dur, rt.op_name, rt.launch_ts
+    n_calls, n_host_total, n_host_self = totals.calls, totals.host_total, totals.host_self
+    n_dev_total, n_dev_self = totals.dev_total, totals.dev_self
+    # the open operators, innermost last: index, end, children's time, own and children's GPU time
+    s_op: list[int] = []
+    s_end: list[float] = []
+    s_child: list[float] = []
+    s_own: list[float] = []
+    s_below: list[float] = []
+
+    def close() -> None:
+        i = s_op.pop()
+        s_end.pop()
+        d, own = dur[i], s_own.pop()
+        total, busy = s_below.pop() + own, d - s_child.pop()
+        nid = names[i]
+        n_calls[nid] += 1
+        n_host_total[nid] += d
+        n_host_self[nid] += busy if busy > 0.0 else 0.0
+        n_dev_self[nid] += own
+        n_dev_total[nid] += total
+        if s_below:
+            s_below[-1] += total
+
+    k, last = 0, len(calls)
     for i in members:
         start = ts[i]
-        while k < n_calls and lts[calls[k]] < start:  # launch calls before this operator
+        while k < last and lts[calls[k]] < start:  # launch calls before this operator
             at = lts[calls[k]]
-            while ends and ends[-1] <= at:  # operators that ended before the call
-                c = stack.pop()
-                ends.pop()
-                total_dev[c] += self_dev[c]
-                if stack:
-                    total_dev[stack[-1]] += total_dev[c]
-            if stack:
-                self_dev[stack[-1]] += device[calls[k]]
+            while s_end and s_end[-1] <= at:  # operators that ended before the call
+                close()
+            if s_own:
+                s_own[-1] += device[calls[k]]
             k += 1
         end = start + dur[i]
         # close what ended before this operator starts, or does not hold it (a sibling)
-        while ends and (start - _NEST_SLACK_US >= ends[-1] or end > ends[-1] + _NEST_SLACK_US):
-            c = stack.pop()
-            ends.pop()
-            total_dev[c] += self_dev[c]
-            if stack:
-                total_dev[stack[-1]] += total_dev[c]
-        if stack:
-            child_us[stack[-1]] += dur[i]
-        stack.append(i)
-        ends.append(end)
-    for j in calls[k:n_calls]:
-        at = lts[j]
-        while ends and ends[-1] <= at:
-            c = stack.pop()
-            ends.pop()
-            total_dev[c] += self_dev[c]
-            if stack:
-                total_dev[stack[-1]] += total_dev[c]
-        if stack:
-            self_dev[stack[-1]] += device[j]
-    while stack:
-        c = stack.pop()
-        total_dev[c] += self_dev[c]
-        if stack:
-            total_dev[stack[-1]] += total_dev[c]
-
-
-def _aggregate(
-    rt: RankTrace, by_thread: dict[int, list[int]], child_us: array[float],
-    self_dev: array[float], total_dev: array[float], top: int,
-) -> tuple[OperatorStat, ...]:
-    names, dur = rt.op_name, rt.op_dur
-    size = len(rt.names)
-    calls = [0] * size  # by name id
-    host_total, host_self, dev_total, dev_self = ([0.0] * size for _ in range(4))
-    for members in by_thread.values():
-        for i in members:
-            nid, d = names[i], dur[i]
-            own = d - child_us[i]
-            calls[nid] += 1
-            host_total[nid] += d
-            host_self[nid] += own if own > 0.0 else 0.0
-            dev_total[nid] += total_dev[i]
-            dev_self[nid] += self_dev[i]
-    by_name = {nid: (calls[nid], host_total[nid], host_self[nid], dev_total[nid], dev_self[nid])
-               for nid in range(size) if calls[nid]}
-    ranked = sorted(by_name.items(), key=lambda kv: (-kv[1][4], -kv[1][2], rt.names[kv[0]]))
-    return tuple(
-        OperatorStat(name=rt.names[n], calls=int(r[0]), host_total_us=r[1], host_self_us=r[2],
-                     device_total_us=r[3], device_self_us=r[4])
-        for n, r in ranked[:top])
+        while s_end and (start - _NEST_SLACK_US >= s_end[-1] or end > s_end[-1] + _NEST_SLACK_US):
+            close()
+        if s_child:
+            s_child[-1] += dur[i]
+        s_op.append(i)
+        s_end.append(end)
+        s_child.append(0.0)
+        s_own.append(0.0)
+        s_below.append(0.0)
+    for j in calls[k:]:
+        while s_end and s_end[-1] <= lts[j]:
+            close()
+        if s_own:
+            s_own[-1] += device[j]
+    while s_op:
+        close()
