@@ -216,8 +216,13 @@ class TraceAnalysis:
         }
 
 
-def analyze_rank(rt: RankTrace, steps: StepRange | None = None) -> RankAnalysis:
+def analyze_rank(
+    rt: RankTrace, steps: StepRange | None = None, *, operators: bool = True
+) -> RankAnalysis:
     """All figures of one rank over its window (HTA's default, or ``steps``).
+
+    ``operators=False`` leaves the operator table empty: the live engine reads only the window
+    figures, and spares the training process that sweep (it runs on the export thread).
 
     Raises:
         TraceError: ``steps`` selects no ProfilerStep of this trace.
@@ -245,7 +250,8 @@ def analyze_rank(rt: RankTrace, steps: StepRange | None = None) -> RankAnalysis:
         h2d_pageable_pct=_pageable_pct(rt, kept),
         notes=_notes(rt, temporal, comm, window.steps), kernel_us_by_name=by_name,
         trace_span_us=_trace_span(rt), trace_data_us=total_length(merge_intervals(rt.dataloader)),
-        operators=operator_stats(rt, kept, window.launch_from, window.launch_to),
+        operators=(operator_stats(rt, kept, window.launch_from, window.launch_to)
+                   if operators else ()),
     )
 
 
