@@ -34,13 +34,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Performance monitor and advisor for PyTorch training loops.",
     )
     parser.add_argument("--version", action="version", version=f"perfcallback {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    # prog given: argparse would otherwise build a help formatter now (and import shutil)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", prog="perfcallback")
     analyze = sub.add_parser(
         "analyze", help="analyse PyTorch profiler (Kineto) traces",
         description="Analyse a Kineto trace file, a folder of per-rank traces, or a log folder "
                     "of captures: GPU time breakdown, overlap, kernels, steps, recommendations.")
     analyze.add_argument("path", help="trace file (.json/.json.gz) or folder")
     analyze.add_argument("--rank", type=int, default=None, help="rank to show in detail")
+    analyze.add_argument("--ops", action="store_true",
+                         help="also print the top CPU operators of that rank (calls, host and "
+                              "device time; --json always has them)")
     _common(analyze)
     diff = sub.add_parser(
         "diff", help="compare two runs or traces", description="Compare run B against run A: "
@@ -160,7 +164,7 @@ def _analyze(args: argparse.Namespace) -> int:
         payload["recommendations"] = [r.to_dict() for r in recs]
         _out(json.dumps(payload, indent=2))  # ASCII: json escapes every control character
     else:
-        _out(render_analysis(analysis, recs, rank=args.rank))
+        _out(render_analysis(analysis, recs, rank=args.rank, operators=args.ops))
     return 0
 
 

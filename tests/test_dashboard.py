@@ -141,6 +141,22 @@ def test_trace_route_gives_the_cli_figures(client: Client, logdir: Path) -> None
     assert two["analysis"]["cross_rank"]["slowest_rank"] is not None
 
 
+def test_trace_route_has_the_operator_table(client: Client, logdir: Path) -> None:
+    """The monitor's own capture of a real (CPU) training run: its operators, as the CLI gives."""
+    _, runs = get(client, "/runs")
+    capture = next(r["captures"][0] for r in runs["runs"] if r["run"] == "stall")
+    status, body = get(client, "/trace", run="stall", capture=capture)
+    assert status == 200 and body["error"] is None
+    ops = body["analysis"]["ranks"]["0"]["operators"]
+    expected = analyze_path(logdir / "stall" / "profiler" / capture, skip_bad=True,
+                            require_gpu=False).to_dict()["ranks"]["0"]["operators"]
+    assert ops == expected
+    names = {o["name"] for o in ops}
+    assert "aten::addmm" in names or "aten::linear" in names  # tiny_model's Linear layers
+    assert all(0 <= o["host_self_us"] <= o["host_total_us"] and o["calls"] >= 1 for o in ops)
+    assert all(o["device_self_us"] == 0 for o in ops)  # a CPU run launches no kernels
+
+
 def test_diff_route_is_perfcallback_diff(client: Client, logdir: Path) -> None:
     from perfcallback.cli import main
 

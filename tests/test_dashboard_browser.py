@@ -192,6 +192,7 @@ def test_traces_tab_analyses_the_capture(browser: Any, tensorboard: str) -> None
             time.sleep(0.5)
         text = browser.find_element(By.ID, "perfcallback").text
         assert "Per step" in text and "Profiler captures" in text
+        assert "Top operators" in text and "aten::" in text  # the demo's CPU operators
         link = browser.find_element(By.CSS_SELECTOR, "a.download").get_attribute("href")
         assert _is_local(link) and link.endswith(".pt.trace.json.gz")
     finally:

@@ -43,6 +43,7 @@ from perfcallback.trace.kernels import (
     name_types,
 )
 from perfcallback.trace.load import dropped_text
+from perfcallback.trace.operators import OperatorStat, operator_stats
 from perfcallback.trace.steps import (
     StepFigures,
     StepRange,
@@ -91,6 +92,8 @@ class RankAnalysis:
     # schedule): first to last host or GPU event we keep, and DataLoader __next__ time in it.
     trace_span_us: float | None = None
     trace_data_us: float = 0.0
+    # Top CPU operators (torch-tb-profiler's Operator view), empty without cpu_op events.
+    operators: tuple[OperatorStat, ...] = ()
 
     def _per_step(self, attr: str) -> float | None:
         if not self.steps:
@@ -157,6 +160,7 @@ class RankAnalysis:
             "idle_breakdown": _clean(asdict(self.idle)) if self.idle else None,
             "kernel_types": [_clean(asdict(k)) for k in self.kernel_types],
             "top_kernels": [_clean(asdict(k)) for k in self.top_kernels],
+            "operators": [_clean(asdict(o)) for o in self.operators],
             "launch": _clean(asdict(self.launch)) if self.launch else None,
             "per_step": [_clean({**asdict(s), "gpu_util_pct": s.gpu_util_pct}) for s in self.steps],
             "dataloader": self.dataloader_iter,
@@ -212,8 +216,13 @@ class TraceAnalysis:
         }
 
 
-def analyze_rank(rt: RankTrace, steps: StepRange | None = None) -> RankAnalysis:
+def analyze_rank(
+    rt: RankTrace, steps: StepRange | None = None, *, operators: bool = True
+) -> RankAnalysis:
     """All figures of one rank over its window (HTA's default, or ``steps``).
+
+    ``operators=False`` leaves the operator table empty: the live engine reads only the window
+    figures, and spares the training process that sweep (it runs on the export thread).
 
     Raises:
         TraceError: ``steps`` selects no ProfilerStep of this trace.
@@ -241,6 +250,8 @@ def analyze_rank(rt: RankTrace, steps: StepRange | None = None) -> RankAnalysis:
         h2d_pageable_pct=_pageable_pct(rt, kept),
         notes=_notes(rt, temporal, comm, window.steps), kernel_us_by_name=by_name,
         trace_span_us=_trace_span(rt), trace_data_us=total_length(merge_intervals(rt.dataloader)),
+        operators=(operator_stats(rt, kept, window.launch_from, window.launch_to)
+                   if operators else ()),
     )
 
 

@@ -15,7 +15,8 @@ Design notes:
   numbers beyond 64 bits make the file unreadable (:class:`TraceError`).
 - CPU events are reduced to what later figures need: runtime calls by correlation id (launch
   delays, the kernel-to-step mapping), ``ProfilerStep#N`` spans, DataLoader ``__next__`` spans,
-  blocking device synchronisation calls and optimizer steps.
+  blocking device synchronisation calls and optimizer steps; ``cpu_op`` events and the launch
+  calls keep their thread (interned ``tid``) for the operator table (``operators.py``).
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ _STEP_RE = re.compile(r"ProfilerStep\s*#\s*(\d+)")
 _MAX_STEP_DIGITS = 18  # fits int64; longer "step numbers" are garbage, not steps
 TIME_LIMIT_US = float(2**53)  # |ts|, dur and ts + dur above this are not plausible times
 _NO_STREAM = -1
+_STEP, _RARE = 1, 2  # host name flags: a ProfilerStep#; feeds a figure besides the columns
+_MAX_FLAGS = 1 << 16  # distinct names whose flags are cached
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -88,6 +91,11 @@ class RankTrace:
     launch_ts: array[float] = field(default_factory=lambda: array("d"))
     launch_dur: array[float] = field(default_factory=lambda: array("d"))
     launch_name: array[int] = field(default_factory=lambda: array("l"))
+    launch_thread: array[int] = field(default_factory=lambda: array("l"))
+    op_ts: array[float] = field(default_factory=lambda: array("d"))  # cpu_op events
+    op_dur: array[float] = field(default_factory=lambda: array("d"))
+    op_name: array[int] = field(default_factory=lambda: array("l"))
+    op_thread: array[int] = field(default_factory=lambda: array("l"))
     steps: list[Step] = field(default_factory=list)
     step_names: int = 0  # distinct names containing "ProfilerStep" (HTA's count)
     last_step_start: float | None = None  # HTA's cutoff: latest start of such a host event
@@ -119,6 +127,8 @@ class _Builder:
         self._name_ids: dict[str, int] = {}
         self._step_names: set[str] = set()
         self._steps: dict[int, Step] = {}
+        self._threads: dict[int | str | None, int] = {}
+        self._flags: dict[str, int] = {}
 
     def name_id(self, name: str) -> int:
         idx = self._name_ids.get(name)
@@ -144,15 +154,24 @@ class _Builder:
             raise TraceError(self.trace.path, f"a number in an event is out of range ({exc})") \
                 from None
         t = self.trace
-        if len(t.gpu_ts) + len(t.launch_ts) > self._max_events:
-            raise TraceError(t.path, f"more than {self._max_events:,} GPU events and launch "
-                                     "calls, the limit per trace file")
+        if len(t.gpu_ts) + len(t.launch_ts) + len(t.op_ts) > self._max_events:
+            raise TraceError(t.path, f"more than {self._max_events:,} GPU events, launch "
+                                     "calls and CPU operators, the limit per trace file")
 
     def _add(self, events: Iterable[Event]) -> None:
-        """The hot loop: keep it flat."""
+        """The hot loop: keep it flat (locals, no call per event on the common paths)."""
         t = self.trace
         gpu_categories = _GPU_CATEGORIES
         limit = TIME_LIMIT_US
+        name_ids, threads, flags = self._name_ids, self._threads, self._flags
+        launch_index = t.launch_index
+        gpu_ts, gpu_dur, gpu_stream = t.gpu_ts.append, t.gpu_dur.append, t.gpu_stream.append
+        gpu_corr, gpu_name, gpu_kind = t.gpu_corr.append, t.gpu_name.append, t.gpu_kind.append
+        launch_ts, launch_dur = t.launch_ts, t.launch_dur.append
+        launch_name, launch_thread = t.launch_name.append, t.launch_thread.append
+        op_ts, op_dur, op_name, op_thread = (t.op_ts.append, t.op_dur.append, t.op_name.append,
+                                             t.op_thread.append)
+        host = 0
         for e in events:
             dur, cat, ts = e.dur, e.cat, e.ts
             if dur is None or cat is None or ts is None or cat == "Trace":
@@ -162,21 +181,48 @@ class _Builder:
             if not (0 <= dur <= limit and -limit <= ts <= limit - dur):  # NaN fails too
                 self._drop(ts, dur)
                 continue
+            name, args = e.name, e.args
             kind = gpu_categories.get(cat)
             if kind is not None:
-                stream = _stream_of(e)
+                stream = args.stream if args is not None else None
+                if type(stream) is not int:
+                    stream = _stream_value(stream)
                 if stream != _NO_STREAM:
-                    corr = e.args.correlation if e.args is not None else None
-                    t.gpu_ts.append(ts)
-                    t.gpu_dur.append(dur)
-                    t.gpu_stream.append(stream)
-                    t.gpu_corr.append(corr if corr is not None else -1)
-                    t.gpu_name.append(self.name_id(e.name))
-                    t.gpu_kind.append(kind)
+                    corr = args.correlation if args is not None else None
+                    nid = name_ids.get(name)
+                    gpu_ts(ts)
+                    gpu_dur(dur)
+                    gpu_stream(stream)
+                    gpu_corr(corr if corr is not None else -1)
+                    gpu_name(self.name_id(name) if nid is None else nid)
+                    gpu_kind(kind)
                     continue
                 if kind == GPU_KIND_SYNC:  # device-wide Event/Context Sync: neither side
                     continue
-            self._host(e, cat, ts, dur)
+            host += 1  # a host event from here on
+            if args is not None:
+                corr = args.correlation
+                if corr is not None and corr not in launch_index:
+                    launch_index[corr] = len(launch_ts)
+                    launch_ts.append(ts)
+                    launch_dur(dur)
+                    nid = name_ids.get(name)
+                    launch_name(self.name_id(name) if nid is None else nid)
+                    th = threads.get(e.tid)
+                    launch_thread(self._thread(e.tid) if th is None else th)
+            flag = flags.get(name)
+            if flag is None:
+                flag = self._flag(name)
+            if cat == "cpu_op" and not flag & _STEP:  # a step is no operator (tb-profiler)
+                nid = name_ids.get(name)
+                th = threads.get(e.tid)
+                op_ts(ts)
+                op_dur(dur)
+                op_name(self.name_id(name) if nid is None else nid)
+                op_thread(self._thread(e.tid) if th is None else th)
+            if flag & _RARE or cat == "cuda_profiler_range":
+                self._host(name, cat, ts, dur)
+        t.cpu_events += host
 
     def _drop(self, ts: float, dur: float) -> None:
         if math.isnan(ts) or math.isnan(dur) or math.isinf(ts) or math.isinf(dur):
@@ -185,18 +231,19 @@ class _Builder:
         why = "negative duration" if dur < 0 else "time beyond +-2**53 us"
         self.trace.dropped[why] = self.trace.dropped.get(why, 0) + 1
 
-    def _host(self, e: Event, cat: str, ts: float, dur: float) -> None:
+    def _flag(self, name: str) -> int:
+        """What a host event name feeds besides the columns (cached: names repeat)."""
+        flag = _STEP if "ProfilerStep#" in name else 0
+        if ("ProfilerStep" in name or ("DataLoader" in name and name.endswith("__next__"))
+                or name in SYNC_CALLS or name.startswith("Optimizer.step#")):
+            flag |= _RARE
+        if len(self._flags) < _MAX_FLAGS:  # bounded: names are interned under a limit too
+            self._flags[name] = flag
+        return flag
+
+    def _host(self, name: str, cat: str, ts: float, dur: float) -> None:
+        """Steps, DataLoader spans, sync calls, optimizer steps, profiler ranges."""
         t = self.trace
-        t.cpu_events += 1
-        args = e.args
-        if args is not None:
-            corr = args.correlation
-            if corr is not None and corr not in t.launch_index:
-                t.launch_index[corr] = len(t.launch_ts)
-                t.launch_ts.append(ts)
-                t.launch_dur.append(dur)
-                t.launch_name.append(self.name_id(e.name))
-        name = e.name
         if "ProfilerStep" in name:
             self._step(name, cat, ts, dur)
         elif "DataLoader" in name and name.endswith("__next__"):
@@ -210,6 +257,13 @@ class _Builder:
             t.optimizer.append((ts, ts + dur))
         elif cat == "cuda_profiler_range":
             t.profiler_ranges += 1
+
+    def _thread(self, tid: int | str | None) -> int:
+        """A small index for a thread id (Kineto writes ints, some tools strings)."""
+        idx = self._threads.get(tid)
+        if idx is None:
+            idx = self._threads[tid] = len(self._threads)
+        return idx
 
     def _step(self, name: str, cat: str, ts: float, dur: float) -> None:
         t = self.trace
@@ -235,9 +289,8 @@ class _Builder:
         return t
 
 
-def _stream_of(e: Event) -> int:
+def _stream_value(stream: int | str | None) -> int:
     """``args.stream`` as an int; -1 when absent or not a number (as HTA normalises it)."""
-    stream = e.args.stream if e.args is not None else None
     if stream is None:
         return _NO_STREAM
     if isinstance(stream, int):

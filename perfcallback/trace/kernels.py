@@ -114,14 +114,18 @@ def kernel_breakdown(
 ) -> tuple[tuple[KernelTypeShare, ...], tuple[KernelStat, ...], dict[str, float]]:
     """Per-type shares, the ``top`` kernels and every name's summed time, over ``kept``."""
     per_name: dict[int, list[float]] = {}  # name id -> [count, total, max]
+    kinds, names, durs = rt.gpu_kind, rt.gpu_name, rt.gpu_dur
     for i in kept:
-        if rt.gpu_kind[i] == GPU_KIND_SYNC:
+        if kinds[i] == GPU_KIND_SYNC:
             continue
-        acc = per_name.setdefault(rt.gpu_name[i], [0, 0.0, 0.0])
-        dur = rt.gpu_dur[i]
+        acc = per_name.get(names[i])
+        if acc is None:
+            acc = per_name[names[i]] = [0, 0.0, 0.0]
+        dur = durs[i]
         acc[0] += 1
         acc[1] += dur
-        acc[2] = max(acc[2], dur)
+        if dur > acc[2]:
+            acc[2] = dur
     grand = sum(acc[1] for acc in per_name.values())
     by_type: dict[str, list[float]] = {}
     for name_id, (count, total, _) in per_name.items():
@@ -148,25 +152,30 @@ def launch_stats(rt: RankTrace, kept: Sequence[int]) -> LaunchStats | None:
     shorter = 0
     kernels = short = 0
     launch_names: dict[int, bool] = {}
-    for i in kept:
-        kind = rt.gpu_kind[i]
+    kinds, durs, corrs, gpu_ts = rt.gpu_kind, rt.gpu_dur, rt.gpu_corr, rt.gpu_ts
+    index, l_ts, l_dur, l_name = rt.launch_index, rt.launch_ts, rt.launch_dur, rt.launch_name
+    for i in kept:  # hot: one pass over the window's GPU events, locals only
+        kind = kinds[i]
         if kind == GPU_KIND_SYNC:
             continue
+        dur = durs[i]
         if kind == GPU_KIND_KERNEL:
             kernels += 1
-            short += rt.gpu_dur[i] < SHORT_KERNEL_US
-        j = rt.launch_of(rt.gpu_corr[i])
+            short += dur < SHORT_KERNEL_US
+        j = index.get(corrs[i])
         if j is None:
             continue
-        nid = rt.launch_name[j]
-        if nid not in launch_names:
-            launch_names[nid] = is_launch_call(rt.names[nid])
-        if not launch_names[nid]:
+        nid = l_name[j]
+        ok = launch_names.get(nid)
+        if ok is None:
+            ok = launch_names[nid] = is_launch_call(rt.names[nid])
+        if not ok:
             continue
-        cpu_end = rt.launch_ts[j] + rt.launch_dur[j]
-        delays.append(max(0.0, rt.gpu_ts[i] - cpu_end))
-        runtimes.append(rt.launch_dur[j])
-        shorter += rt.gpu_dur[i] < rt.launch_dur[j]
+        runtime = l_dur[j]
+        delay = gpu_ts[i] - (l_ts[j] + runtime)
+        delays.append(delay if delay > 0.0 else 0.0)
+        runtimes.append(runtime)
+        shorter += dur < runtime
     if not delays:
         return None
     delays.sort()

@@ -5,7 +5,9 @@ Design notes:
   ``benchmarks/analyze_speed.py``): ``json.loads`` 0.98 s / 190 MB, ``orjson.loads`` 0.55-0.87 s,
   ``msgspec`` decoding into typed structs that keep only the fields the analysis reads 0.19-0.34 s
   / 59 MB. msgspec is therefore used when installed (the ``trace`` extra); otherwise orjson, then
-  the stdlib ``json``, give the same results more slowly.
+  the stdlib ``json``, give the same results more slowly. Below 256 KB of JSON the stdlib is used
+  anyway: importing msgspec (~10 ms) costs more than it saves there, and most traces a user
+  analyses by hand are small, so it is imported only when a trace needs it.
 - Streaming: files larger than ``chunk_bytes`` once decompressed are cut at event boundaries
   (``}`` , ``{`` at the top level of the ``traceEvents`` array) and decoded one chunk at a time, so
   memory is bounded by the chunk, not the file. A candidate cut that falls inside a nested value
@@ -39,15 +41,6 @@ from typing import Any, BinaryIO
 
 from perfcallback.trace.errors import TraceError
 
-try:  # optional accelerator: the `trace` extra
-    import msgspec
-except ImportError:  # pragma: no cover - exercised by the fallback test through _BACKENDS
-    msgspec = None  # type: ignore[assignment, unused-ignore]
-try:
-    import orjson
-except ImportError:  # pragma: no cover
-    orjson = None  # type: ignore[assignment, unused-ignore]  # typed only where installed
-
 CHUNK_BYTES = 8 * 2**20  # decompressed bytes decoded at once; bounds memory on huge traces
 MIB = 2**20
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -69,8 +62,8 @@ class TraceLimits:
             MB (the largest public Kineto traces we know are ~300 MB) with room to spare; the CLI
             sets it with ``--max-trace-mb``. ``0`` means no limit.
         max_event_bytes: Longest stretch of text without an event boundary that decodes.
-        max_events: GPU activities plus host launch calls kept per file (the columns that grow
-            with the trace; see docs/reliability.md for what they cost).
+        max_events: GPU activities, host launch calls and CPU operators kept per file (the
+            columns that grow with the trace; see docs/reliability.md for what they cost).
         max_name_chars: Characters of distinct event names kept per file (names are interned).
     """
 
@@ -93,35 +86,6 @@ class Metadata:
 
 
 # --- event types -------------------------------------------------------------------------------
-# Only the fields the analysis reads are decoded; msgspec skips the rest without allocating.
-if msgspec is not None:
-
-    class _Args(msgspec.Struct, gc=False):
-        stream: int | str | None = None
-        correlation: int | None = None
-
-    class Event(msgspec.Struct, gc=False):
-        """One trace event, reduced to what the analysis reads."""
-
-        ph: str = ""
-        cat: str | None = None
-        name: str = ""
-        ts: float | None = None
-        dur: float | None = None
-        args: _Args | None = None
-
-    class _Doc(msgspec.Struct, gc=False):
-        traceEvents: list[Event] | None = None
-        distributedInfo: dict[str, Any] | None = None
-        deviceProperties: list[dict[str, Any]] | None = None
-        schemaVersion: Any = None
-
-    _EVENT_LIST = msgspec.json.Decoder(list[Event])
-    _DOC = msgspec.json.Decoder(_Doc)
-else:  # pragma: no cover
-    Event = None  # type: ignore[assignment, misc, unused-ignore]  # defined below as _PyEvent
-
-
 class _PyArgs:
     __slots__ = ("correlation", "stream")
 
@@ -130,25 +94,62 @@ class _PyArgs:
         self.correlation = correlation
 
 
-class _PyEvent:
-    """One trace event, reduced to what the analysis reads (stdlib decoder)."""
+class Event:
+    """One trace event, reduced to what the analysis reads (the stdlib decoder's; msgspec's
+    struct in :mod:`perfcallback.trace._msgspec_events` has the same fields)."""
 
-    __slots__ = ("args", "cat", "dur", "name", "ph", "ts")
+    __slots__ = ("args", "cat", "dur", "name", "ph", "tid", "ts")
 
     def __init__(self, ph: str, cat: str | None, name: str, ts: float | None, dur: float | None,
-                 args: _PyArgs | None) -> None:
-        self.ph, self.cat, self.name, self.ts, self.dur, self.args = ph, cat, name, ts, dur, args
+                 tid: int | str | None, args: _PyArgs | None) -> None:
+        self.ph, self.cat, self.name, self.ts, self.dur = ph, cat, name, ts, dur
+        self.tid, self.args = tid, args
 
 
-if msgspec is None:  # pragma: no cover
-    Event = _PyEvent  # type: ignore[misc, assignment, unused-ignore]
+# Which decoder runs: "auto" (below), "msgspec" (the `trace` extra), "orjson" or "json" (stdlib).
+# "auto" decodes text shorter than _SMALL_BYTES with the stdlib, whose extra work there costs less
+# than importing msgspec (~10 ms; measured: 9 ms more for 312 KB of JSON), and longer text with
+# msgspec, else orjson, else the stdlib. See set_decoder.
+_decoder = "auto"
+_SMALL_BYTES = 256 * 1024
+_UNSET: Any = object()
+_fast: Any = _UNSET  # perfcallback.trace._msgspec_events once imported; None: no msgspec
+_orjson: Any = _UNSET
 
-# Which decoder runs: "msgspec" (the `trace` extra), "orjson" or "json" (stdlib). See set_decoder.
-_decoder = "msgspec" if msgspec is not None else ("orjson" if orjson is not None else "json")
+
+def _msgspec_events() -> Any:
+    """The msgspec decoders module, imported on first use; ``None`` without msgspec."""
+    global _fast
+    if _fast is _UNSET:
+        try:
+            from perfcallback.trace import _msgspec_events
+        except ImportError:
+            _fast = None
+        else:
+            _fast = _msgspec_events
+    return _fast
+
+
+def _orjson_module() -> Any:
+    global _orjson
+    if _orjson is _UNSET:
+        try:
+            import orjson
+        except ImportError:
+            _orjson = None
+        else:
+            _orjson = orjson
+    return _orjson
+
+
+def _available() -> dict[str, bool]:
+    return {"auto": True, "json": True, "msgspec": _msgspec_events() is not None,
+            "orjson": _orjson_module() is not None}
 
 
 def set_decoder(name: str) -> str:
-    """Choose the JSON decoder (``"msgspec"``, ``"orjson"`` or ``"json"``); returns the previous.
+    """Choose the JSON decoder (``"auto"``, ``"msgspec"``, ``"orjson"`` or ``"json"``); returns
+    the previous one.
 
     All give the same events and refuse the same input; tests use this to run the stdlib path in
     the same process as the msgspec one.
@@ -157,12 +158,28 @@ def set_decoder(name: str) -> str:
         ValueError: ``name`` is unknown or its package is not installed.
     """
     global _decoder
-    available = {"json": True, "msgspec": msgspec is not None, "orjson": orjson is not None}
+    available = _available()
     if not available.get(name):
         raise ValueError(f"decoder {name!r} is not available (have: "
                          f"{', '.join(k for k, v in available.items() if v)})")
     previous, _decoder = _decoder, name
     return previous
+
+
+def _choose(size: int) -> str:
+    """The decoder for ``size`` bytes of JSON."""
+    if _decoder != "auto":
+        return _decoder
+    if size < _SMALL_BYTES:
+        return "json"
+    if _msgspec_events() is not None:
+        return "msgspec"
+    return "orjson" if _orjson_module() is not None else "json"
+
+
+def _is_validation_error(exc: Exception) -> bool:
+    fast = _fast  # no msgspec error can exist before msgspec was imported
+    return fast not in (None, _UNSET) and isinstance(exc, fast.ValidationError)
 
 
 def _reject_constant(name: str) -> Any:
@@ -176,9 +193,9 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def _loads(data: bytes) -> Any:
-    if _decoder == "orjson":
-        return orjson.loads(data)
+def _loads(data: bytes, decoder: str) -> Any:
+    if decoder == "orjson":
+        return _orjson_module().loads(data)
     # parse_constant/parse_float: refuse NaN, Infinity and 1e999 as msgspec and orjson do
     return json.loads(data, parse_constant=_reject_constant, parse_float=_finite_float)
 
@@ -205,10 +222,11 @@ def _py_events(raw: Any) -> list[Event]:
                               _field(args, "correlation", (int,), i, None))
         elif args is not None:
             raise ValueError(f"traceEvents[{i}].args is not an object")
-        out.append(_PyEvent(
+        out.append(Event(
             _field(item, "ph", (str,), i, "") or "", _field(item, "cat", (str,), i, None),
             _field(item, "name", (str,), i, "") or "", _field(item, "ts", (int, float), i, None),
-            _field(item, "dur", (int, float), i, None), py_args))
+            _field(item, "dur", (int, float), i, None), _field(item, "tid", (int, str), i, None),
+            py_args))
     return out
 
 
@@ -218,10 +236,11 @@ def decode_events(data: bytes | bytearray | memoryview) -> list[Event]:
     Raises:
         ValueError: Not JSON, not an array of events, or nested too deep to decode.
     """
+    decoder = _choose(len(data))
     try:
-        if _decoder == "msgspec":
-            return _EVENT_LIST.decode(data)
-        return _py_events(_loads(bytes(data)))
+        if decoder == "msgspec":
+            return _msgspec_events().EVENT_LIST.decode(data)  # type: ignore[no-any-return]
+        return _py_events(_loads(bytes(data), decoder))
     except RecursionError:
         raise _TooDeep() from None
 
@@ -230,13 +249,14 @@ def decode_document(data: bytes | bytearray) -> tuple[list[Event] | None, dict[s
     """Decode a whole trace (object or bare array) into its events and top-level metadata."""
     if _BARE_ARRAY.match(data):
         return decode_events(data), {}
+    decoder = _choose(len(data))
     try:
-        if _decoder == "msgspec":
-            doc = _DOC.decode(data)
+        if decoder == "msgspec":
+            doc = _msgspec_events().DOC.decode(data)
             meta = {"distributedInfo": doc.distributedInfo,
                     "deviceProperties": doc.deviceProperties, "schemaVersion": doc.schemaVersion}
             return doc.traceEvents, meta
-        raw = _loads(bytes(data))
+        raw = _loads(bytes(data), decoder)
     except RecursionError:
         raise _TooDeep() from None
     if not isinstance(raw, dict):
@@ -261,7 +281,7 @@ def _error_before(exc: ValueError, end: int) -> bool:
     then report truncation, or an error at the very end. A wrong type, nesting too deep, or a
     syntax error earlier in the text is the file's own fault.
     """
-    if msgspec is not None and isinstance(exc, msgspec.ValidationError):
+    if _is_validation_error(exc):
         return True
     text = str(exc).lower()
     if any(word in text for word in _END_WORDS):
@@ -278,9 +298,11 @@ def _describe(exc: Exception) -> str:
     """Map a decoder error to the user's words: truncated, invalid JSON, or not a Kineto trace."""
     text = " ".join(str(exc).split())
     lowered = text.lower()
-    if any(word in lowered for word in ("truncated", "end of data", "unterminated", "eof")):
+    at_end = isinstance(exc, json.JSONDecodeError) and exc.pos >= len(exc.doc.rstrip())
+    if at_end or any(word in lowered for word in ("truncated", "end of data", "unterminated",
+                                                  "eof")):
         return "truncated JSON: the file ends in the middle of the data"
-    if (msgspec is not None and isinstance(exc, msgspec.ValidationError)) or "traceEvents" in text:
+    if _is_validation_error(exc) or "traceEvents" in text:
         return f"JSON, but not a Kineto trace ({text})"
     if isinstance(exc, _TooDeep):
         return "invalid trace: JSON nested too deeply to decode"

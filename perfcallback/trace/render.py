@@ -8,14 +8,15 @@ name is the trace author's string, and an escape sequence in it could rewrite th
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections import Counter
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from perfcallback.report import Recommendation
-from perfcallback.trace.analysis import RankAnalysis, TraceAnalysis
-from perfcallback.trace.diff import NEUTRAL_NOTES, MetricChange, TraceDiff
+if TYPE_CHECKING:  # imported where used: `analyze` needs neither diff nor report at run time
+    from perfcallback.report import Recommendation
+    from perfcallback.trace.analysis import RankAnalysis, TraceAnalysis
+    from perfcallback.trace.diff import MetricChange, TraceDiff
 
 _NAME_WIDTH = 60
 _MS = 1e-3  # trace times are microseconds; every table shows milliseconds
@@ -53,6 +54,8 @@ def short_names(names: Sequence[str], width: int = _NAME_WIDTH) -> list[str]:
     for name, short in zip(names, cut, strict=True):
         if short in clashes and len(set(n for n, c in zip(names, cut, strict=True)
                                         if c == short)) > 1:
+            import hashlib  # rare: two names that read alike once cut
+
             digest = hashlib.sha1(name.encode("utf-8", "replace")).hexdigest()[:6]
             short = _elide(safe_text(name), width - 8) + f" [#{digest}]"
         out.append(short)
@@ -82,15 +85,21 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], first_left: boo
 
 
 def render_analysis(
-    analysis: TraceAnalysis, recommendations: Sequence[Recommendation], *, rank: int | None = None
+    analysis: TraceAnalysis, recommendations: Sequence[Recommendation], *, rank: int | None = None,
+    operators: bool = False,
 ) -> str:
-    """The ``perfcallback analyze`` report: a per-rank summary, then one rank in detail."""
+    """The ``perfcallback analyze`` report: a per-rank summary, then one rank in detail.
+
+    ``operators`` adds that rank's operator table (``analyze --ops``).
+    """
     parts = [f"perfcallback analyze: {safe_text(analysis.source)} ({len(analysis.ranks)} rank"
              f"{'s' if len(analysis.ranks) != 1 else ''})"]
     parts.append(_summary_table(analysis))
     detail = _detail_rank(analysis, rank)
     if detail is not None:
         parts.append(_render_rank(detail))
+        if operators:
+            parts.append(_operator_table(detail))
     parts.append(_cross(analysis))
     notes = list(analysis.notes) + [s for s in analysis.skipped]
     for r, ra in sorted(analysis.ranks.items()):
@@ -162,6 +171,18 @@ def _render_rank(ra: RankAnalysis) -> str:
     return "\n".join(lines)
 
 
+def _operator_table(ra: RankAnalysis) -> str:
+    if not ra.operators:
+        return f"Top operators of rank {ra.rank}: none (no cpu_op events in the window)"
+    names = short_names([o.name for o in ra.operators])
+    rows = [[name, str(o.calls), _num(o.device_self_us, 3, _MS), _num(o.device_total_us, 3, _MS),
+             _num(o.host_self_us, 3, _MS), _num(o.host_total_us, 3, _MS)]
+            for name, o in zip(names, ra.operators, strict=True)]
+    return (f"Top operators of rank {ra.rank} (by device self time, then host self time)\n"
+            + _table(["operator", "calls", "device self ms", "device total ms", "host self ms",
+                      "host total ms"], rows))
+
+
 def _cross(analysis: TraceAnalysis) -> str:
     c = analysis.cross
     if c.straggler_spread_pct is None:
@@ -177,6 +198,8 @@ def render_diff(diff: TraceDiff) -> str:
     direction means nothing on its own (``MetricChange.worse`` is ``None`` by design, such as
     the launch delay) are marked ``see note``, never "worse".
     """
+    from perfcallback.trace.diff import NEUTRAL_NOTES
+
     rows = []
     for m in diff.metrics:
         scale, unit = (_MS, "ms") if m.unit == "us" else (1.0, m.unit)

@@ -124,10 +124,11 @@ def kept_events(rt: RankTrace, window: Window) -> list[int]:
     if not window.filtered:
         return list(range(len(rt.gpu_ts)))
     lo, hi = window.launch_from, window.launch_to
+    index, launch_ts = rt.launch_index, rt.launch_ts
     kept = []
     for i, corr in enumerate(rt.gpu_corr):
-        j = rt.launch_of(corr)
-        if j is not None and lo <= rt.launch_ts[j] < hi:
+        j = index.get(corr)
+        if j is not None and lo <= launch_ts[j] < hi:
             kept.append(i)
     return kept
 

@@ -3,6 +3,7 @@ and the CLI's import path (no torch)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -139,3 +140,22 @@ def test_public_names_still_resolve_lazily() -> None:
             "assert sorted(perfcallback.__all__) == sorted(set(perfcallback.__all__))\n"
             "assert {'PerfMonitor', 'Report'} <= set(dir(perfcallback))\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_small_traces_skip_the_msgspec_import_large_ones_use_it() -> None:
+    """``analyze`` imports only what the input needs: the stdlib decoder for a small trace (msgspec
+    costs more to import than it saves there), msgspec for a large one; neither needs
+    ``perfcallback.ranks`` (live straggler state) or ``perfcallback.trace.diff``."""
+    small = DATA / "two_ranks_late_allreduce"
+    large = Path(__file__).resolve().parents[1] / "data" / "shared" / "hta" / "nccl_parser_config"
+    code = ("import sys\n"
+            "from perfcallback.cli import main\n"
+            "main(['analyze', sys.argv[1]])\n"
+            "print(sorted({'msgspec', 'perfcallback.ranks', 'perfcallback.trace.diff'}"
+            " & set(sys.modules)), file=sys.stderr)\n")
+    fast = "['msgspec']" if importlib.util.find_spec("msgspec") else "[]"  # the `trace` extra
+    for path, expected in ((small, "[]"), (large, fast)):
+        proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                              text=True, timeout=60, check=True)
+        assert proc.stderr.strip().splitlines()[-1] == expected, path
+        assert "Recommendations" in proc.stdout

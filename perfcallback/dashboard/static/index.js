@@ -196,6 +196,11 @@ function rankTables(rank, ra) {
       ra.top_kernels.map((k) => [h("span", { class: "kname", title: k.name }, k.name), k.kernel_type,
         String(k.count), fmt(k.total_us / 1e3), fmt(k.mean_us), fmt(k.max_us), fmt(k.pct)]),
       { numeric: [2, 3, 4, 5, 6] })] : null,
+    (ra.operators || []).length ? [h("h4", {}, "Top operators (by device self time, then host self time)"),
+      table(["operator", "calls", "device self ms", "device total ms", "host self ms", "host total ms"],
+        ra.operators.map((o) => [h("span", { class: "kname", title: o.name }, o.name), String(o.calls),
+          fmt(o.device_self_us / 1e3), fmt(o.device_total_us / 1e3), fmt(o.host_self_us / 1e3),
+          fmt(o.host_total_us / 1e3)]), { numeric: [1, 2, 3, 4, 5] })] : null,
     ra.notes.length ? h("ul", { class: "notes" }, ra.notes.map((n) => h("li", {}, n))) : null);
 }
 
