@@ -342,8 +342,9 @@ class PerfCallback(*_BASES):  # type: ignore[misc]
         rec = self._active()
         self._probes = TrainerProbes(rec, trainer, self._fetch_begins)
         rec.install_gc_probe()
-        sync = GradSyncProbe(rec, rec.failopen.guard)
-        self._on_loss_grad = rec.failopen.guard("backward_hook", lambda grad: sync.start())
+        if rec.context.world_size > 1:  # gradient sync happens only across ranks
+            sync = GradSyncProbe(rec, rec.failopen.guard)
+            self._on_loss_grad = rec.failopen.guard("backward_hook", lambda grad: sync.start())
         self._live = True
 
     def _close_step(self) -> None:

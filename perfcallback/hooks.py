@@ -110,7 +110,10 @@ class PhaseHooks:
         guard = recorder.failopen.guard
         self._on_grad: Callable[[torch.Tensor], None] = guard("backward_hook", self._grad_hook)
         self._on_grad_node: Callable[[Any], None] = guard("backward_hook", self._grad_node_hook)
-        self._sync = GradSyncProbe(recorder, guard, then=self._backward_done)
+        self._end_backward: Callable[[], None] = guard("backward_hook", self._backward_done)
+        # Gradient sync happens only across ranks: one process keeps the single, cheaper callback.
+        self._sync = (GradSyncProbe(recorder, guard, then=self._backward_done)
+                      if recorder.context.world_size > 1 else None)
         if model is not None:
             self._install_model(model, guard)
         if optimizer is not None:
@@ -195,18 +198,17 @@ class PhaseHooks:
                 tensor.register_hook(self._on_grad)  # type: ignore[no-untyped-call]
 
     def _grad_node_hook(self, grad_outputs: Any) -> None:
-        if self._in_backward:
-            return
-        self._in_backward = True
-        self._rec.phase_start(BACKWARD)
-        self._sync.start()
+        self._grad_hook(None)
 
-    def _grad_hook(self, grad: torch.Tensor) -> None:
+    def _grad_hook(self, grad: torch.Tensor | None) -> None:
         if self._in_backward:
             return
         self._in_backward = True
         self._rec.phase_start(BACKWARD)
-        self._sync.start()
+        if self._sync is not None:
+            self._sync.start()
+        else:
+            torch.autograd.Variable._execution_engine.queue_callback(self._end_backward)
 
     def _backward_done(self) -> None:
         self._in_backward = False
