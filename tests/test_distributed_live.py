@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import torch
 
-from _helpers import run_distributed
+from _helpers import read_events, run_distributed
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -142,6 +142,11 @@ def test_a_planted_straggler_is_named_with_its_rank_and_phase(
         assert set(entry["breakdown"]) == set(report["breakdown"])
         assert entry["steps"] == 60
     assert "per rank" in results[0]["text"]
+    # per-rank TensorBoard scalars and the cross-rank spread, written by rank zero
+    tags = read_events(tmp_path).Tags()["scalars"]
+    for r in range(world):
+        assert f"perf/ranks/{r}/step_ms" in tags and f"perf/ranks/{r}/phase/{where}_ms" in tags
+    assert "perf/ranks/step_spread_pct" in tags and "perf/ranks/slowest_rank" in tags
 
 
 def test_backward_ends_where_the_users_backward_call_returns(tmp_path: Path) -> None:
