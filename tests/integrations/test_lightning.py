@@ -358,6 +358,20 @@ def test_findings_as_they_appear_and_a_summary_are_logged(
     assert "9 steps measured (0 warm-up)" in messages[summary]
 
 
+def test_fast_dev_run_says_its_only_step_was_warm_up(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="perfcallback")
+    cb = PerfCallback()
+    t = trainer(tmp_path, cb, fast_dev_run=True)
+    t.fit(PlantedModule(), make_loader(n=16, batch_size=4))
+    summaries = [r.getMessage() for r in caplog.records
+                 if r.name == "perfcallback" and "perfcallback report" in r.getMessage()]
+    assert len(summaries) == 1, summaries
+    assert "all 1 steps run were warm-up (warmup_steps=5): lower warmup_steps" in summaries[0]
+    assert cb.report().steps_run == 1
+
+
 # ----------------------------------------------------------------- step semantics
 @pytest.mark.slow
 def test_accumulation_counts_optimizer_steps(tmp_path: Path) -> None:
