@@ -103,6 +103,34 @@ class _Session:
         self.step_fn: Any = None
 
 
+def sweep_stale_exports(root: Path) -> list[Path]:
+    """Delete the temporary files of exports whose process died mid-write (killed, SIGTERM).
+
+    Only this host's, and only where the writing process is gone: the name carries
+    ``<host>_<pid>``, as :attr:`TraceProfiler.worker` writes it. Returns what was deleted.
+    """
+    prefix = f".{socket.gethostname()}_"
+    removed = []
+    for tmp in root.glob(f"*/{prefix}*.tmp"):
+        pid_text = tmp.name.removeprefix(prefix).split(".", 1)[0]
+        if pid_text.isdigit() and not _alive(int(pid_text)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+            with contextlib.suppress(OSError):  # only when empty
+                tmp.parent.rmdir()
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
 def _write_failure(folder: Path) -> OSError:
     """Why Kineto could not write a trace into ``folder``, as the ``OSError`` the disk gave."""
     import errno
@@ -157,6 +185,8 @@ class TraceProfiler:
         self.on_trace_ready: list[Callable[[Capture], object]] = []
         self.captures: deque[Capture] = deque(maxlen=256)  # completed, newest last
         self.worker = f"{socket.gethostname()}_{os.getpid()}"  # tensorboard_trace_handler's name
+        with contextlib.suppress(OSError):
+            sweep_stale_exports(self.root)
         self._warm_end = -1  # last warm-up index; set from the first step seen (resume-safe)
         self._next_at: float = float("inf")
         self._detector = (RegressionDetector(factor=opts.trigger_factor, steps=opts.trigger_steps,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import os
 import re
 import tempfile
 import threading
@@ -289,3 +290,23 @@ def test_cuda_kernels_are_captured(tmp_path: Path) -> None:
     trace = load_trace(capture.path)
     assert any(e.get("cat") == "kernel" for e in trace["traceEvents"])
     assert trace.get("deviceProperties")
+
+
+def test_temporary_files_of_a_killed_export_are_swept(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    from perfcallback.profiling import sweep_stale_exports
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    host = socket.gethostname()
+    folder = tmp_path / "profiler" / "step0000009-scheduled"
+    folder.mkdir(parents=True)
+    stale = folder / f".{host}_{dead}.123.pt.trace.json.gz.json.tmp"
+    ours = folder / f".{host}_{os.getpid()}.456.pt.trace.json.gz.tmp"  # still being written
+    stale.write_text("partial")
+    ours.write_text("partial")
+    assert sweep_stale_exports(tmp_path / "profiler") == [stale]
+    assert not stale.exists() and ours.exists()
