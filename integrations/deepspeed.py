@@ -7,7 +7,9 @@ parameter fetches); this module adds what hooks cannot see:
 
 - **backward** = ``engine.backward(loss)``: loss scaling, the autograd pass and DeepSpeed's gradient
   reduction (the all-reduce at stage 0, ZeRO's bucketed reduce and epilogue at stages 1 and 2).
-  A gradient hook alone ends when autograd does, before the reduction.
+  A gradient hook alone ends when autograd does, before the reduction. Across ranks, the
+  reduction (``engine.allreduce_gradients``) is also timed as the exposed gradient-sync wait,
+  as DDP's reducer wait is (``report.communication``, the live communication rule).
 - **optimizer** = ``engine.step()``: ZeRO's partitioned update, the parameter all-gather after it,
   the LR scheduler and DeepSpeed's bookkeeping. Step hooks on the client optimizer miss all but
   the inner update.
@@ -87,6 +89,26 @@ def _offload_device(getter: Callable[[], Any] | None) -> str | None:
     return None if device in (None, "none") else str(device)
 
 
+def _timed_sync(fn: Callable[..., Any], recorder: StepRecorder) -> Callable[..., Any]:
+    """``engine.allreduce_gradients`` timed as the gradient-sync wait inside backward.
+
+    ``engine.backward`` calls it after autograd: the stage-0 all-reduce, ZeRO-1's reduce at the
+    boundary, ZeRO-2's epilogue that waits for the buckets still in flight. The training thread
+    waits for all of it, so it is exposed communication, like DDP's reducer wait.
+    """
+    begin = recorder.failopen.guard(PROBE, recorder.grad_sync_begin)
+    end = recorder.failopen.guard(PROBE, recorder.grad_sync_end)
+
+    def allreduce_gradients(*args: Any, **kwargs: Any) -> Any:
+        begin()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            end()
+
+    return allreduce_gradients
+
+
 class DeepSpeedProbe:
     """Brackets ``engine.backward`` and ``engine.step`` on the instance, feeding ``recorder``.
 
@@ -110,6 +132,9 @@ class DeepSpeedProbe:
             return step(*args, **kwargs)
 
         self._patches.shadow(engine, "step", step_noting_boundary)
+        reduce = getattr(engine, "allreduce_gradients", None)
+        if recorder.context.world_size > 1 and callable(reduce):
+            self._patches.shadow(engine, "allreduce_gradients", _timed_sync(reduce, recorder))
 
     def _note_boundary(self) -> None:
         self._stepped = True
@@ -126,5 +151,6 @@ class DeepSpeedProbe:
         return done
 
     def remove(self) -> None:
-        """Restore the engine's own ``backward`` and ``step``. Idempotent."""
+        """Restore the engine's own ``backward``, ``step`` and ``allreduce_gradients``.
+        Idempotent."""
         self._patches.remove()
