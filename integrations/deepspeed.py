@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from perfcallback.hooks import times_grad_sync
 from perfcallback.integrations._patch import InstancePatches, bracket
 from perfcallback.recorder import StepRecorder
 from perfcallback.stats import BACKWARD, OPTIMIZER
@@ -133,7 +134,7 @@ class DeepSpeedProbe:
 
         self._patches.shadow(engine, "step", step_noting_boundary)
         reduce = getattr(engine, "allreduce_gradients", None)
-        if recorder.context.world_size > 1 and callable(reduce):
+        if times_grad_sync(recorder) and callable(reduce):
             self._patches.shadow(engine, "allreduce_gradients", _timed_sync(reduce, recorder))
 
     def _note_boundary(self) -> None:

@@ -46,7 +46,7 @@ from perfcallback.context import (
     optimizer_facts,
     param_dtype,
 )
-from perfcallback.hooks import GradSyncProbe
+from perfcallback.hooks import GradSyncProbe, times_grad_sync
 from perfcallback.integrations._lightning_outputs import StepAxis, logger_sinks, output_targets
 from perfcallback.integrations._lightning_seams import TrainerProbes
 from perfcallback.monitor import batch_size_of, is_deepspeed_engine
@@ -342,7 +342,7 @@ class PerfCallback(*_BASES):  # type: ignore[misc]
         rec = self._active()
         self._probes = TrainerProbes(rec, trainer, self._fetch_begins)
         rec.install_gc_probe()
-        if rec.context.world_size > 1:  # gradient sync happens only across ranks
+        if times_grad_sync(rec):
             sync = GradSyncProbe(rec, rec.failopen.guard)
             self._on_loss_grad = rec.failopen.guard("backward_hook", lambda grad: sync.start())
         self._live = True

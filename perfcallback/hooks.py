@@ -51,6 +51,12 @@ def _first_grad_tensor(output: Any) -> torch.Tensor | None:
     return None
 
 
+def times_grad_sync(recorder: StepRecorder) -> bool:
+    """Whether to time the gradient-sync wait: only across ranks, where there is one. A single
+    process keeps its one, cheaper backward callback."""
+    return recorder.context.world_size > 1
+
+
 class GradSyncProbe:
     """Times the wait for gradient synchronisation at the end of one backward pass.
 
@@ -111,9 +117,8 @@ class PhaseHooks:
         self._on_grad: Callable[[torch.Tensor], None] = guard("backward_hook", self._grad_hook)
         self._on_grad_node: Callable[[Any], None] = guard("backward_hook", self._grad_node_hook)
         self._end_backward: Callable[[], None] = guard("backward_hook", self._backward_done)
-        # Gradient sync happens only across ranks: one process keeps the single, cheaper callback.
         self._sync = (GradSyncProbe(recorder, guard, then=self._backward_done)
-                      if recorder.context.world_size > 1 else None)
+                      if times_grad_sync(recorder) else None)
         if model is not None:
             self._install_model(model, guard)
         if optimizer is not None:

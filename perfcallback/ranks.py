@@ -24,8 +24,8 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-PHASES: tuple[str, ...] = ("data", "forward", "backward", "optimizer", "other")
-_BACKWARD = PHASES.index("backward")
+from perfcallback.stats import BACKWARD as _BACKWARD
+from perfcallback.stats import PHASE_NAMES as PHASES
 
 # Fixed-size wire format: the bytes per rank per window do not depend on the model or the run.
 _FORMAT = struct.Struct("<4sHiiii" + "d" * 22)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from perfcallback.ranks import CrossRank, RankSummary
 from perfcallback.sinks import Sink
-from perfcallback.stats import WindowStats
+from perfcallback.stats import PHASE_NAMES, WindowStats
 
 if TYPE_CHECKING:
     from perfcallback.distributed import RankExchange
@@ -70,8 +70,7 @@ class CrossRankSink(Sink):
             step_s=stats.step_s,
             step_p50_s=stats.step_p50_s,
             step_p90_s=stats.step_p90_s,
-            phase_s=tuple(stats.phase_s[p] for p in ("data", "forward", "backward", "optimizer",
-                                                      "other")),
+            phase_s=tuple(stats.phase_s[p] for p in PHASE_NAMES),
             comm_exposed_s=stats.comm_exposed_s,
             comm_floor_s=stats.comm_floor_s,
             memory_peak_bytes=memory,
