@@ -8,10 +8,11 @@ path, and both are unit-tested without a profiler.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+
+from perfcallback._record import record
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record
 class ProfileOptions:
     """When and how to capture ``torch.profiler`` traces.
 

@@ -15,8 +15,9 @@ import gc
 import os
 import sys
 from collections import deque
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
+
+from perfcallback._record import field, record
 
 if TYPE_CHECKING:
     import torch
@@ -44,7 +45,7 @@ def usable_cpu_count() -> int:
     return os.cpu_count() or 1
 
 
-@dataclass(slots=True, kw_only=True)
+@record(frozen=False)
 class RunContext:
     """What the rules know about the environment. Mutable: facts arrive during the run."""
 

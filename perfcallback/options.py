@@ -6,14 +6,13 @@ validated in ``__post_init__``, so misuse raises where the adapter is built, not
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from perfcallback._optional import require
+from perfcallback._record import field, fields, record
 from perfcallback.clock import Clock, host_clock
 from perfcallback.profiling import ProfileOptions
 from perfcallback.report import Recommendation
@@ -22,7 +21,7 @@ from perfcallback.rules.thresholds import validate_overrides
 from perfcallback.sinks import Sink
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record
 class SessionOptions:
     """Every user-facing option of an adapter that the engine acts on, validated once.
 
@@ -134,7 +133,7 @@ class SessionOptions:
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> SessionOptions:
         """Build from keyword arguments; an unknown name raises ``TypeError`` listing the known."""
-        known = {f.name for f in dataclasses.fields(cls)}
+        known = set(fields(cls))
         unknown = sorted(set(kwargs) - known)
         if unknown:
             raise TypeError(

@@ -30,12 +30,12 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from perfcallback._record import field, record
 from perfcallback.capture_policy import ProfileOptions, RegressionDetector
 from perfcallback.failopen import FailOpen
 
@@ -79,7 +79,7 @@ def _release(profiler: TraceProfiler) -> None:
             _claim_holder = None
 
 
-@dataclass(slots=True, kw_only=True)
+@record(frozen=False)
 class Capture:
     """One profiler capture: which steps (recorder indices), why, and where the trace went."""
 

@@ -22,8 +22,8 @@ import statistics
 import struct
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 
+from perfcallback._record import field, record
 from perfcallback.stats import BACKWARD as _BACKWARD
 from perfcallback.stats import PHASE_NAMES as PHASES
 
@@ -33,7 +33,7 @@ _MAGIC = b"pcb1"
 PAYLOAD_BYTES = _FORMAT.size
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record
 class RankSummary:
     """One rank's figures for its latest window and its whole run so far (seconds per step)."""
 
@@ -114,7 +114,7 @@ class RankSummary:
         }
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record
 class CrossRank:
     """Rank zero's view of every rank, and the straggler analysis of their latest windows.
 

@@ -7,8 +7,9 @@ only place that formats figures for people.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from perfcallback._record import field, record
 
 Severity = Literal["info", "warning", "critical"]
 SEVERITY_RANK: dict[str, int] = {"info": 1, "warning": 2, "critical": 3}
@@ -31,7 +32,7 @@ CATEGORIES: tuple[str, ...] = (
 PHASES: tuple[str, ...] = ("data", "forward", "backward", "optimizer", "other")
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record
 class Recommendation:
     """One diagnosis: what is wrong, the measured evidence, and the concrete fix.
 
@@ -86,7 +87,7 @@ def sort_recommendations(recs: list[Recommendation]) -> list[Recommendation]:
     return sorted(recs, key=lambda r: (-SEVERITY_RANK[r.severity], -(r.est_gain or 0.0), r.rule))
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record
 class Report:
     """Everything measured over a run (or over the steps seen so far).
 

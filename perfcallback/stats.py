@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+from perfcallback._record import field, record
 
 if TYPE_CHECKING:
     from perfcallback.ranks import CrossRank
@@ -61,7 +62,7 @@ class StepRecord:
         self.comm_s = comm_s  # exposed gradient-sync wait inside backward (see hooks.py)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record
 class WindowStats:
     """Summary of consecutive measured steps; fields that were not measured are ``None``.
 

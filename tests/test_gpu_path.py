@@ -3,7 +3,6 @@ a sticky device error at exit, and trace figures that age out."""
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ import torch
 
 from perfcallback import PerfMonitor
 from perfcallback import recorder as recorder_module
+from perfcallback._record import replace
 from perfcallback.clock import CudaEventTimer
 from perfcallback.failopen import FailOpen
 from perfcallback.profiling import Capture
@@ -138,7 +138,7 @@ def _fit(precision: str, tmp_path: Path) -> Any:
 def _fp32_matmul_on_an_ampere_gpu(context: Any) -> bool:
     from _windows_for_gpu import window_for_precision
 
-    ctx = dataclasses.replace(context, device_type="cuda", cuda_capability=(8, 0),
+    ctx = replace(context, device_type="cuda", cuda_capability=(8, 0),
                               float32_matmul_precision="highest")
     others = [r for r in registered_rules() if r != "precision.fp32_matmul"]
     return bool(evaluate(window_for_precision(), ctx, disabled=others))

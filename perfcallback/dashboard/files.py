@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from perfcallback._record import record
 
 REPORT_FILE = "perf_report.json"
 PROFILER_DIR = "profiler"
@@ -29,7 +30,7 @@ class UnsafePathError(ValueError):
     """A requested run or file lies outside the logdir (or does not name one of its parts)."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record
 class Capture:
     """One profiler capture folder of a run and its trace files (names relative to it)."""
 

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
+from perfcallback._record import field, record
 from perfcallback.context import RunContext
 from perfcallback.report import CATEGORIES, Recommendation, Severity, sort_recommendations
 from perfcallback.stats import WindowStats
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record
 class Finding:
     """What a rule returns; the registry adds the rule id and category."""
 
@@ -30,7 +30,7 @@ class Finding:
 RuleFn = Callable[[WindowStats, RunContext, Mapping[str, float]], "Finding | None"]
 
 
-@dataclass(frozen=True, slots=True)
+@record(kw_only=False)
 class Rule:
     id: str
     category: str

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from itertools import pairwise
 
+from perfcallback._record import record
 from perfcallback.context import RunContext
 from perfcallback.rules import Finding, rule
 from perfcallback.rules.thresholds import get, grade
@@ -24,7 +24,7 @@ from perfcallback.stats import WindowStats, percentile
 _SHOWN_STEPS = 8  # spike step indices quoted in evidence
 
 
-@dataclass(frozen=True, slots=True)
+@record(kw_only=False)
 class Spikes:
     """Outlier steps of a series, and the period they recur with (``None`` if not periodic)."""
 

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
 from typing import Any
 
+from perfcallback._record import record
 from perfcallback.context import RunContext, dynamo_counts
 
 logger = logging.getLogger("perfcallback")
@@ -27,7 +27,7 @@ logger = logging.getLogger("perfcallback")
 _T = 1e12
 
 
-@dataclass(frozen=True, slots=True)
+@record(kw_only=False)
 class DevicePeak:
     """Dense peak FLOP/s of one device model, by compute dtype, and where the numbers come from."""
 

@@ -1,5 +1,6 @@
 """Per-rank GPU figures of a Kineto trace (temporal breakdown, overlap, kernels, steps) and the
-cross-rank straggler figures; the results are frozen dataclasses with ``to_dict()``.
+cross-rank straggler figures; the results are frozen records (see ``perfcallback._record``)
+with ``to_dict()``.
 
 Definitions follow HolisticTraceAnalysis 0.5.0 (``BreakdownAnalysis.get_temporal_breakdown``,
 ``CommunicationAnalysis.get_comm_comp_overlap``) so the numbers are comparable:
@@ -19,9 +20,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
 from typing import Any
 
+from perfcallback._record import asdict, record
 from perfcallback.trace.events import GPU_KIND_MEMCPY, GPU_KIND_SYNC, RankTrace
 from perfcallback.trace.intervals import (
     Interval,
@@ -54,7 +55,7 @@ from perfcallback.trace.steps import (
 )
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record
 class TemporalBreakdown:
     """HTA's temporal breakdown of one rank: where the GPU span went."""
 
@@ -67,7 +68,7 @@ class TemporalBreakdown:
         return 100.0 * part_us / self.span_us if self.span_us > 0 else 0.0
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record
 class RankAnalysis:
     """Every figure of one rank. ``None`` marks a figure this trace cannot give (see ``notes``)."""
 
@@ -168,7 +169,7 @@ class RankAnalysis:
         }
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record
 class CrossRank:
     """Straggler figures across ranks; ``None`` with fewer than two ranks that have steps."""
 
@@ -188,7 +189,7 @@ class CrossRank:
         })
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record
 class TraceAnalysis:
     """The analysis of a trace set: one :class:`RankAnalysis` per rank, plus cross-rank figures.
 

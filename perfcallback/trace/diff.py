@@ -7,9 +7,9 @@ analysed step (per trace when there are no steps), so runs of different lengths 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 from typing import Any
 
+from perfcallback._record import asdict, record
 from perfcallback.trace.analysis import TraceAnalysis
 
 # summary key -> (label, unit, True when a larger value is worse; None: not judged on its own)
@@ -37,7 +37,7 @@ NEUTRAL_NOTES: dict[str, str] = {
 TOP_KERNEL_CHANGES = 10
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record
 class MetricChange:
     """One figure in both runs."""
 
@@ -59,7 +59,7 @@ class MetricChange:
         return 100.0 * self.delta / abs(self.a)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record
 class KernelChange:
     """One kernel name's summed time per step in both runs."""
 
@@ -72,7 +72,7 @@ class KernelChange:
         return self.b_us - self.a_us
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record
 class TraceDiff:
     """Side-by-side figures of two runs and the kernels that changed most."""
 

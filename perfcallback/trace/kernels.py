@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from itertools import pairwise
 
+from perfcallback._record import record
 from perfcallback.stats import percentile
 from perfcallback.trace.events import GPU_KIND_KERNEL, GPU_KIND_SYNC, RankTrace
 
@@ -51,7 +51,7 @@ def is_launch_call(name: str) -> bool:
     return _LAUNCH_CALLS.search(name) is not None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record
 class KernelTypeShare:
     """Summed GPU time of one kernel type (overlaps counted once per kernel, as HTA sums)."""
 
@@ -61,7 +61,7 @@ class KernelTypeShare:
     pct: float  # of the summed time of all kernels, copies and sets
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record
 class KernelStat:
     """Totals for one kernel name."""
 
@@ -74,7 +74,7 @@ class KernelStat:
     pct: float  # of the summed time of all kernels, copies and sets
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record
 class LaunchStats:
     """Host-to-device launch figures over kernels, copies and sets with a known launch call."""
 
@@ -87,7 +87,7 @@ class LaunchStats:
     short_kernel_pct: float  # kernels shorter than SHORT_KERNEL_US, of all kernels
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record
 class IdleBreakdown:
     """GPU idle gaps between consecutive kernels of each stream, summed over streams."""
 

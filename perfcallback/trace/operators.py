@@ -26,15 +26,15 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Sequence
-from dataclasses import dataclass
 
+from perfcallback._record import record
 from perfcallback.trace.events import GPU_KIND_SYNC, RankTrace
 
 TOP_OPERATORS = 20
 _NEST_SLACK_US = 1e-3  # one nanosecond: Kineto's resolution; covers rounding of ts + dur
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record
 class OperatorStat:
     """Totals for one operator name over the analysed window (times in trace microseconds)."""
 

@@ -18,8 +18,8 @@ from __future__ import annotations
 import math
 from bisect import bisect_left
 from collections.abc import Sequence
-from dataclasses import dataclass
 
+from perfcallback._record import record
 from perfcallback.trace.errors import TraceError
 from perfcallback.trace.events import GPU_KIND_KERNEL, RankTrace, Step
 from perfcallback.trace.intervals import Interval, covered_in, merge_intervals
@@ -27,7 +27,7 @@ from perfcallback.trace.intervals import Interval, covered_in, merge_intervals
 StepRange = tuple[int | None, int | None]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record
 class Window:
     """The steps analysed and the launch-time range of the GPU events kept."""
 
@@ -38,7 +38,7 @@ class Window:
     description: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record
 class StepFigures:
     """One ``ProfilerStep#N``: wall time and what filled it."""
 
@@ -133,7 +133,7 @@ def kept_events(rt: RankTrace, window: Window) -> list[int]:
     return kept
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record
 class Timelines:
     """Merged busy intervals of one rank that the per-step figures read."""
 

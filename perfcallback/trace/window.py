@@ -10,10 +10,10 @@ of :data:`perfcallback.stats.EXTRA_KEYS`. Figures the trace cannot give are left
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+from perfcallback._record import replace
 from perfcallback.context import RunContext
 from perfcallback.report import SEVERITY_RANK, Recommendation, sort_recommendations
 from perfcallback.stats import WindowStats, step_time_fields
@@ -117,7 +117,7 @@ def recommend(
         evidence: dict[str, Any] = dict(rec.evidence)
         if len(analysis.ranks) > 1:
             evidence["ranks"] = fired[rule_id]
-        out.append(dataclasses.replace(rec, evidence=evidence))
+        out.append(replace(rec, evidence=evidence))
     return sort_recommendations(out)
 
 
