@@ -5,14 +5,17 @@ Design notes:
   ``benchmarks/analyze_speed.py``): ``json.loads`` 0.98 s / 190 MB, ``orjson.loads`` 0.55-0.87 s,
   ``msgspec`` decoding into typed structs that keep only the fields the analysis reads 0.19-0.34 s
   / 59 MB. msgspec is therefore used when installed (the ``trace`` extra); otherwise orjson, then
-  the stdlib ``json``, give the same results more slowly. Below 256 KB of JSON the stdlib is used
-  anyway: importing msgspec (~10 ms) costs more than it saves there, and most traces a user
+  the stdlib ``json``, give the same results more slowly. Below 1 MiB of JSON the stdlib is used
+  anyway: importing msgspec (~15 ms) costs more than it saves there, and most traces a user
   analyses by hand are small, so it is imported only when a trace needs it.
 - Streaming: files larger than ``chunk_bytes`` once decompressed are cut at event boundaries
   (``}`` , ``{`` at the top level of the ``traceEvents`` array) and decoded one chunk at a time, so
   memory is bounded by the chunk, not the file. A candidate cut that falls inside a nested value
   cannot decode (the text before it has an unclosed bracket or string), so a decode failure means
   "try an earlier cut"; a cut that decodes is a real event boundary.
+- Gzip files inflate on a background thread (:class:`_Inflater`): zlib releases the GIL, so the
+  next chunk inflates while this one is decoded. Their trailer's size field tells, before any
+  reading, whether msgspec will be needed, so it is imported while the first chunk inflates.
 - Gzip is recognised by its magic bytes, not the file name; a ``.gz`` name on a file that is not
   gzip is reported as such.
 - Bounded whatever the input (docs/reliability.md): a file may decompress to at most
@@ -28,20 +31,19 @@ Design notes:
 
 from __future__ import annotations
 
-import gzip
 import json
 import math
 import re
 import stat
 import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from perfcallback._record import record
 from perfcallback.trace.errors import TraceError
 
-CHUNK_BYTES = 8 * 2**20  # decompressed bytes decoded at once; bounds memory on huge traces
+CHUNK_BYTES = 2 * 2**20  # decompressed bytes decoded at once; bounds memory on huge traces
 MIB = 2**20
 _GZIP_MAGIC = b"\x1f\x8b"
 _EVENTS_KEY = re.compile(rb'"traceEvents"\s*:\s*\[')
@@ -49,11 +51,15 @@ _BOUNDARY = re.compile(rb"\}\s*,\s*\{")
 _BARE_ARRAY = re.compile(rb"\s*\[")
 _TAIL_SCAN = 2**20  # look for cut candidates in the last MiB of a chunk
 _CUT_TRIES = 4  # earlier cuts tried before reading more
+_IN_BLOCK = 128 * 1024  # compressed bytes handed to zlib at once
+_OUT_BLOCK = 2**20  # decompressed bytes zlib returns at most per call
+_QUEUED_BLOCKS = 4  # decompressed blocks waiting for the decoder (bounds memory)
+_THREAD_MIN_BYTES = 64 * 1024  # gzip files from this size inflate on a thread
 
 ProgressFn = Callable[[int, int], None]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record
 class TraceLimits:
     """Caps that bound the memory of reading one trace file, whatever it holds.
 
@@ -68,7 +74,7 @@ class TraceLimits:
     """
 
     max_bytes: int = 2048 * MIB
-    max_event_bytes: int = 4 * CHUNK_BYTES
+    max_event_bytes: int = 32 * MIB
     max_events: int = 4_000_000
     max_name_chars: int = 128 * MIB
 
@@ -76,7 +82,7 @@ class TraceLimits:
 DEFAULT_LIMITS = TraceLimits()
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record
 class Metadata:
     """Top-level fields of a trace besides its events."""
 
@@ -108,10 +114,11 @@ class Event:
 
 # Which decoder runs: "auto" (below), "msgspec" (the `trace` extra), "orjson" or "json" (stdlib).
 # "auto" decodes text shorter than _SMALL_BYTES with the stdlib, whose extra work there costs less
-# than importing msgspec (~10 ms; measured: 9 ms more for 312 KB of JSON), and longer text with
+# than importing msgspec (~15 ms, with the inspect and typing_extensions it brings; loading 312 KB
+# of JSON: 19 ms with the stdlib, 29 ms with msgspec; break-even near 1.1 MB), and longer text with
 # msgspec, else orjson, else the stdlib. See set_decoder.
 _decoder = "auto"
-_SMALL_BYTES = 256 * 1024
+_SMALL_BYTES = 2**20
 _UNSET: Any = object()
 _fast: Any = _UNSET  # perfcallback.trace._msgspec_events once imported; None: no msgspec
 _orjson: Any = _UNSET
@@ -170,7 +177,7 @@ def _choose(size: int) -> str:
     """The decoder for ``size`` bytes of JSON."""
     if _decoder != "auto":
         return _decoder
-    if size < _SMALL_BYTES:
+    if size < _SMALL_BYTES and _fast is _UNSET:  # once imported, msgspec is faster at any size
         return "json"
     if _msgspec_events() is not None:
         return "msgspec"
@@ -313,7 +320,9 @@ class _Reader:
     """Decompressed bytes of a trace file, with the compressed position for progress.
 
     Refuses what is not a regular file before opening it (``open`` on a FIFO blocks forever, and
-    ``/dev/zero`` never ends), and stops once ``max_bytes`` have been decompressed.
+    ``/dev/zero`` never ends), and stops once ``max_bytes`` have been decompressed. ``json_size``
+    is the size of the JSON text, as far as it is known before reading it (a gzip file's trailer
+    says it), so the decoder can be chosen, and msgspec imported, while the file inflates.
     """
 
     def __init__(self, path: Path, max_bytes: int) -> None:
@@ -321,40 +330,180 @@ class _Reader:
         info = path.stat()
         if not stat.S_ISREG(info.st_mode):
             raise TraceError(path, "not a regular file (a device, FIFO or socket)")
-        self.size = info.st_size
+        self.size = self.json_size = info.st_size
         self.max_bytes = max_bytes
         self.read_bytes = 0
+        self._inflater: _Inflater | None = None
+        self._held = b""  # inflated beyond what read() returned
         self._raw: BinaryIO = open(path, "rb")  # noqa: SIM115 - closed in close()
         head = self._raw.read(2)
-        self._raw.seek(0)
         self.gzipped = head == _GZIP_MAGIC
         if path.suffix == ".gz" and not self.gzipped:
             self.close()
             raise TraceError(path, f"not a gzip file (it starts with {head!r}, "
                                    f"not {_GZIP_MAGIC!r})")
-        self._stream: Any = gzip.GzipFile(fileobj=self._raw) if self.gzipped else self._raw
+        if self.gzipped and self.size >= 8:  # ISIZE: last member's length mod 2**32, a hint
+            self._raw.seek(-4, 2)
+            self.json_size = int.from_bytes(self._raw.read(4), "little")
+        self._raw.seek(0)
+        if self.gzipped:
+            self._inflater = _Inflater(self._raw, threaded=self.size >= _THREAD_MIN_BYTES)
 
     def read(self, n: int) -> bytes:
+        """Up to ``n`` bytes; fewer only at the end of the file."""
+        if self._inflater is None:
+            data = self._raw.read(n)
+            self._count(len(data))
+        else:
+            parts, have = [self._held], len(self._held)
+            while have < n:
+                block = self._block()
+                if not block:
+                    break
+                parts.append(block)
+                have += len(block)
+            whole = b"".join(parts)
+            data, self._held = whole[:n], whole[n:]
+        return data
+
+    def read_into(self, buf: bytearray, n: int) -> int:
+        """Append about ``n`` more bytes to ``buf`` (the last inflated block may overshoot), each
+        copied once; returns how many, 0 at the end of the file."""
+        if self._inflater is None:
+            data = self.read(n)
+            buf += data
+            return len(data)
+        added = len(self._held)
+        buf += self._held
+        self._held = b""
+        while added < n:
+            block = self._block()
+            if not block:
+                break
+            buf += block
+            added += len(block)
+        return added
+
+    def _block(self) -> bytes:
+        """The next inflated block (counted against ``max_bytes``); ``b""`` at the end."""
+        assert self._inflater is not None
         try:
-            data: bytes = self._stream.read(n)
+            block = self._inflater.next_block()
         except EOFError as exc:
             raise TraceError(self.path, "truncated gzip file: it ends before the compressed "
                                         "data does") from exc
-        except (gzip.BadGzipFile, zlib.error, OSError) as exc:
+        except (zlib.error, OSError) as exc:
             raise TraceError(self.path, f"corrupt gzip data ({exc})") from exc
-        self.read_bytes += len(data)
+        self._count(len(block))
+        return block
+
+    def _count(self, n: int) -> None:
+        self.read_bytes += n
         if self.max_bytes and self.read_bytes > self.max_bytes:
             what = "decompresses to" if self.gzipped else "is"
             raise TraceError(self.path, f"{what} more than {self.max_bytes // MIB} MiB of JSON, "
                                         "the limit per trace file (raise it with "
                                         "--max-trace-mb)")
-        return data
 
     def position(self) -> int:
-        return self._raw.tell()
+        return self._raw.tell() if self._inflater is None else self._inflater.position
 
     def close(self) -> None:
+        if self._inflater is not None:
+            self._inflater.close()
         self._raw.close()
+
+
+class _Inflater:
+    """Gzip decompression in large zlib calls, on a background thread for files that pay for it.
+
+    zlib releases the GIL while it inflates, so on the thread the next chunk decompresses while
+    the caller decodes the previous one: a trace costs about max(inflate, decode) instead of their
+    sum. At most ``_QUEUED_BLOCKS`` blocks of ``_OUT_BLOCK`` bytes wait, so memory stays bounded;
+    errors (``EOFError`` for a truncated file, ``zlib.error`` for corrupt data, ``OSError``) reach
+    the caller in order, after the data before them. Several gzip members, and zero padding
+    between them, read as one stream, as :mod:`gzip` reads them.
+    """
+
+    def __init__(self, raw: BinaryIO, *, threaded: bool) -> None:
+        self._raw = raw
+        self.position = 0  # compressed bytes read so far
+        self._blocks = self._inflate()
+        self._thread: Any = None
+        if threaded:
+            import queue
+            import threading
+
+            self._queue: Any = queue.Queue(maxsize=_QUEUED_BLOCKS)
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._produce, name="perfcallback-gunzip",
+                                            daemon=True)
+            self._thread.start()
+
+    def _inflate(self) -> Iterator[bytes]:
+        """Inflated blocks of the whole file; raises at the first bad byte."""
+        member = zlib.decompressobj(31)  # 31: a gzip header and trailer, CRC checked
+        pending = b""
+        in_member = False
+        while True:
+            if not pending:
+                pending = self._raw.read(_IN_BLOCK)
+                self.position += len(pending)
+                if not pending:
+                    if in_member:
+                        raise EOFError("compressed file ended before the end-of-stream marker")
+                    return
+            if not in_member:
+                pending = pending.lstrip(b"\0")  # padding after a member, as gzip skips it
+                if not pending:
+                    continue
+                in_member = True
+            out = member.decompress(pending, _OUT_BLOCK)
+            pending = member.unconsumed_tail
+            if out:
+                yield out
+            if member.eof:
+                pending = member.unused_data
+                member = zlib.decompressobj(31)
+                in_member = False
+
+    def _produce(self) -> None:
+        try:
+            for block in self._blocks:
+                if not self._put(block):
+                    return
+            self._put(b"")
+        except BaseException as exc:  # handed to the reader, raised there in order
+            self._put(exc)
+
+    def _put(self, item: bytes | BaseException) -> bool:
+        import queue
+
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def next_block(self) -> bytes:
+        """The next inflated block; ``b""`` at the end (and after it)."""
+        if self._thread is None:
+            return next(self._blocks, b"")
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            self._queue.put(item)  # raised again if asked again
+            raise item
+        if not item:
+            self._queue.put(item)
+        return item  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join(timeout=5.0)
+            self._thread = None
 
 
 def iter_trace(
@@ -392,6 +541,8 @@ def iter_trace(
 def _stream(
     reader: _Reader, chunk_bytes: int, progress: ProgressFn | None, max_event_bytes: int
 ) -> Iterator[list[Event] | Metadata]:
+    if reader.json_size >= _SMALL_BYTES and _decoder == "auto":
+        _msgspec_events()  # import it now: a large gzip file inflates on its thread meanwhile
     first = reader.read(chunk_bytes)
     head = first.lstrip(b"\xef\xbb\xbf \t\r\n")
     if not head:
@@ -437,11 +588,8 @@ def _stream(
             raise TraceError(reader.path, f"no event boundary in {max_event_bytes // MIB} MiB "
                                           "of text: an event that large is not a Kineto trace "
                                           "event")
-        more = reader.read(chunk_bytes)
-        if not more:
+        if not reader.read_into(buf, chunk_bytes):
             break
-        buf += more
-        del more
     if progress is not None:
         progress(reader.position(), reader.size)
     del buf[:pos]
@@ -451,6 +599,20 @@ def _stream(
     yield events
     del events
     yield _metadata({**header_meta, **{k: v for k, v in tail_meta.items() if v is not None}})
+
+
+def _last_cuts(buf: bytearray, pos: int) -> list[int]:
+    """The last ``_CUT_TRIES`` event boundaries in ``buf[pos:]`` within its last ``_TAIL_SCAN``
+    bytes, found in a tail window that doubles until it holds them: a chunk holds thousands of
+    boundaries, and listing them all costs more than decoding the chunk."""
+    end = len(buf)
+    window = 64 * 1024
+    while True:
+        start = max(pos, end - window, end - _TAIL_SCAN)
+        cuts = [m.start() for m in _BOUNDARY.finditer(buf, start)]
+        if len(cuts) >= _CUT_TRIES or start == pos or start == end - _TAIL_SCAN:
+            return cuts[-_CUT_TRIES:]
+        window *= 4
 
 
 def _decode_chunk(path: Path, buf: bytearray, pos: int) -> tuple[list[Event], int] | None:
@@ -463,12 +625,11 @@ def _decode_chunk(path: Path, buf: bytearray, pos: int) -> tuple[list[Event], in
         TraceError: The text before a cut is bad in itself (see :func:`_error_before`): the rest
             of the file is not read.
     """
-    scan_from = max(pos, len(buf) - _TAIL_SCAN)
-    cuts = [m.start() for m in _BOUNDARY.finditer(buf, scan_from)]
+    cuts = _last_cuts(buf, pos)
     before = buf[pos - 1]
     buf[pos - 1] = 0x5B  # "["
     try:
-        for cut in reversed(cuts[-_CUT_TRIES:]):
+        for cut in reversed(cuts):
             after = buf[cut + 1]  # whitespace or the "," between two events
             buf[cut + 1] = 0x5D  # "]"
             try:
