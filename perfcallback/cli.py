@@ -128,7 +128,7 @@ def _err(line: str) -> None:
     print(" ".join(safe_text(line).split()), file=sys.stderr)
 
 
-def _load(path: str, args: argparse.Namespace) -> Any:
+def _load(path: str, args: argparse.Namespace, *, operators: bool = False) -> Any:
     from perfcallback.trace import analyze_path
     from perfcallback.trace.parse import MIB, TraceLimits
 
@@ -136,7 +136,7 @@ def _load(path: str, args: argparse.Namespace) -> Any:
         max_bytes=args.max_trace_mb * MIB)
     analysis = analyze_path(path, steps=args.steps, skip_bad=args.skip_bad,
                             require_gpu=not args.allow_cpu_only, progress=_progress_fn(path),
-                            limits=limits)
+                            limits=limits, operators=operators)
     _clear_progress()
     for skipped in analysis.skipped:
         _err(f"perfcallback: skipped {skipped}")
@@ -148,7 +148,7 @@ def _analyze(args: argparse.Namespace) -> int:
     from perfcallback.trace.render import render_analysis
     from perfcallback.trace.window import recommend
 
-    analysis = _load(args.path, args)
+    analysis = _load(args.path, args, operators=args.ops or args.json)  # only when shown
     if args.rank is not None and args.rank not in analysis.ranks:
         have = ", ".join(str(r) for r in sorted(analysis.ranks))
         raise TraceError(args.path, f"no rank {args.rank} in this trace (ranks: {have})")

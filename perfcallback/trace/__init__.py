@@ -12,9 +12,9 @@ training; :func:`perfcallback.trace.diff.diff_analyses` compares two runs. Bad i
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
+from perfcallback._record import replace
 from perfcallback.trace.analysis import (
     RankAnalysis,
     TraceAnalysis,
@@ -59,6 +59,7 @@ def analyze_path(
     require_gpu: bool = True,
     progress: FileProgress | None = None,
     limits: TraceLimits = DEFAULT_LIMITS,
+    operators: bool = True,
 ) -> TraceAnalysis:
     """Load and analyse the trace(s) at ``path``, one file at a time.
 
@@ -75,14 +76,16 @@ def analyze_path(
             and reports the GPU figures as ``None``.
         progress: Called as ``(file name, bytes read, file size)`` while reading.
         limits: Size caps per file; the default bounds memory on any input.
+        operators: Compute each rank's operator table; ``False`` leaves it empty and saves
+            about a third of the analysis on traces with many CPU operators.
 
     Raises:
         TraceError: Bad input (see :func:`perfcallback.trace.load.load_trace_set`).
     """
     analysed, skipped, notes = load_each(
-        path, lambda rt: analyze_rank(rt, steps), skip_bad=skip_bad, require_gpu=require_gpu,
-        progress=progress, limits=limits)
+        path, lambda rt: analyze_rank(rt, steps, operators=operators), skip_bad=skip_bad,
+        require_gpu=require_gpu, progress=progress, limits=limits, operators=operators)
     if len(analysed) == 1 and analysed[0].rank < 0:  # a lone trace without a rank: rank 0
-        analysed[0] = dataclasses.replace(analysed[0], rank=0)
+        analysed[0] = replace(analysed[0], rank=0)
     ranks = assign_ranks(Path(path), analysed)
     return combine(ranks, source=str(path), skipped=skipped, notes=notes)

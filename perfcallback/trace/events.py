@@ -25,8 +25,8 @@ import math
 import re
 from array import array
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 
+from perfcallback._record import field, record
 from perfcallback.trace.errors import TraceError
 from perfcallback.trace.parse import DEFAULT_LIMITS, Event, TraceLimits
 
@@ -54,7 +54,7 @@ _STEP, _RARE = 1, 2  # host name flags: a ProfilerStep#; feeds a figure besides 
 _MAX_FLAGS = 1 << 16  # distinct names whose flags are cached
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record
 class Step:
     """One ``ProfilerStep#N`` span on the host, in trace microseconds."""
 
@@ -67,7 +67,7 @@ class Step:
         return self.ts + self.dur
 
 
-@dataclass(slots=True, kw_only=True)
+@record(frozen=False)
 class RankTrace:
     """One rank's trace, reduced to columns. Times are trace microseconds, as in the file.
 
@@ -120,8 +120,10 @@ class RankTrace:
 class _Builder:
     """Accumulates one pass over the events into a :class:`RankTrace`."""
 
-    def __init__(self, path: str, limits: TraceLimits = DEFAULT_LIMITS) -> None:
+    def __init__(self, path: str, limits: TraceLimits = DEFAULT_LIMITS, *,
+                 operators: bool = True) -> None:
         self.trace = RankTrace(path=path)
+        self._operators = operators
         self._max_events = limits.max_events
         self._name_chars_left = limits.max_name_chars
         self._name_ids: dict[str, int] = {}
@@ -171,6 +173,7 @@ class _Builder:
         launch_name, launch_thread = t.launch_name.append, t.launch_thread.append
         op_ts, op_dur, op_name, op_thread = (t.op_ts.append, t.op_dur.append, t.op_name.append,
                                              t.op_thread.append)
+        operators = self._operators
         host = 0
         for e in events:
             dur, cat, ts = e.dur, e.cat, e.ts
@@ -213,7 +216,7 @@ class _Builder:
             flag = flags.get(name)
             if flag is None:
                 flag = self._flag(name)
-            if cat == "cpu_op" and not flag & _STEP:  # a step is no operator (tb-profiler)
+            if cat == "cpu_op" and operators and not flag & _STEP:  # a step is no operator
                 nid = name_ids.get(name)
                 th = threads.get(e.tid)
                 op_ts(ts)
@@ -302,14 +305,16 @@ def _stream_value(stream: int | str | None) -> int:
 
 
 def build_rank_trace(
-    path: str, batches: Iterable[Iterable[Event]], limits: TraceLimits = DEFAULT_LIMITS
+    path: str, batches: Iterable[Iterable[Event]], limits: TraceLimits = DEFAULT_LIMITS, *,
+    operators: bool = True,
 ) -> RankTrace:
-    """Reduce event batches (from :func:`perfcallback.trace.parse.iter_trace`) to a RankTrace.
+    """Reduce event batches (from :func:`perfcallback.trace.parse.iter_trace`) to a RankTrace;
+    ``operators=False`` skips the ``op_*`` columns (only the operator table reads them).
 
     Raises:
         TraceError: See :meth:`_Builder.add`.
     """
-    builder = _Builder(path, limits)
+    builder = _Builder(path, limits, operators=operators)
     for batch in batches:
         builder.add(batch)
         del batch  # NOTE: free this batch before the next one is decoded

@@ -21,5 +21,5 @@ def capture_figures(path: str | Path) -> dict[str, float]:
     Raises:
         TraceError: the file is unreadable or not a Kineto trace.
     """
-    rank = analyze_rank(load_rank_trace(path), operators=False)  # the rules do not read them
+    rank = analyze_rank(load_rank_trace(path, operators=False), operators=False)  # rules skip them
     return dict(window_stats(rank).extra)

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, TypeVar
 
+from perfcallback._record import record
 from perfcallback.trace.errors import TraceError
 from perfcallback.trace.events import RankTrace, build_rank_trace
 from perfcallback.trace.parse import (
@@ -34,7 +34,7 @@ _RANK_IN_NAME = re.compile(r"rank[-_]?(\d+)", re.IGNORECASE)
 FileProgress = Callable[[str, int, int], None]  # (file name, bytes read, file size)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record
 class TraceSet:
     """The loaded traces of one run.
 
@@ -102,8 +102,10 @@ def load_rank_trace(
     chunk_bytes: int = CHUNK_BYTES,
     progress: FileProgress | None = None,
     limits: TraceLimits = DEFAULT_LIMITS,
+    operators: bool = True,
 ) -> RankTrace:
-    """Read one trace file into a :class:`RankTrace` (rank from metadata or file name).
+    """Read one trace file into a :class:`RankTrace` (rank from metadata or file name);
+    ``operators=False`` leaves out the ``op_*`` columns, which only the operator table reads.
 
     Raises:
         TraceError: The file is unreadable, corrupt, truncated, or not a Kineto trace.
@@ -122,7 +124,7 @@ def load_rank_trace(
                 yield item
             del item  # NOTE: free this batch before the next one is decoded
 
-    rt = build_rank_trace(str(path), batches(), limits)
+    rt = build_rank_trace(str(path), batches(), limits, operators=operators)
     if rt.cpu_events == 0 and len(rt.gpu_ts) == 0 and rt.profiler_ranges == 0:
         if rt.dropped:
             raise TraceError(path, "no plausible events: every complete event has "
@@ -219,8 +221,10 @@ def load_each(
     chunk_bytes: int = CHUNK_BYTES,
     progress: FileProgress | None = None,
     limits: TraceLimits = DEFAULT_LIMITS,
+    operators: bool = True,
 ) -> tuple[list[T], list[str], list[str]]:
-    """Load the files of ``path`` one at a time and keep only ``reduce(trace)`` of each.
+    """Load the files of ``path`` one at a time and keep only ``reduce(trace)`` of each
+    (``operators``: see :func:`load_rank_trace`).
 
     Returns:
         The reduced files, the ``"path: problem"`` of each file skipped, the loader's notes.
@@ -234,7 +238,8 @@ def load_each(
     skipped: list[str] = []
     for f in files:
         try:
-            rt = load_rank_trace(f, chunk_bytes=chunk_bytes, progress=progress, limits=limits)
+            rt = load_rank_trace(f, chunk_bytes=chunk_bytes, progress=progress, limits=limits,
+                                 operators=operators)
             if require_gpu and not rt.has_gpu:
                 raise TraceError(f, no_gpu_problem(rt))
         except TraceError as err:

@@ -141,3 +141,14 @@ def test_analyze_json_and_ops_table(capsys: pytest.CaptureFixture[str]) -> None:
                           capture_output=True, text=True, check=True)
     assert "Top operators" in proc.stdout
     assert ops[0]["name"] in proc.stdout
+
+
+def test_without_the_operator_table_every_other_figure_is_the_same() -> None:
+    """``analyze`` without ``--ops``/``--json`` skips the table (and its columns), nothing else."""
+    folder = VENDORED / "hta/nccl_parser_config"
+    full = analyze_path(folder).to_dict()
+    lean = analyze_path(folder, operators=False).to_dict()
+    assert full["ranks"]["0"].pop("operators") and lean["ranks"]["0"].pop("operators") == []
+    assert lean == full
+    rt = load_rank_trace(next(folder.iterdir()), operators=False)
+    assert len(rt.op_ts) == 0 and len(rt.launch_ts) > 0
