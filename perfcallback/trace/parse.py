@@ -5,7 +5,7 @@ Design notes:
   ``benchmarks/analyze_speed.py``): ``json.loads`` 0.98 s / 190 MB, ``orjson.loads`` 0.55-0.87 s,
   ``msgspec`` decoding into typed structs that keep only the fields the analysis reads 0.19-0.34 s
   / 59 MB. msgspec is therefore used when installed (the ``trace`` extra); otherwise orjson, then
-  the stdlib ``json``, give the same results more slowly. Below 1 MiB of JSON the stdlib is used
+  the stdlib ``json``, give the same results more slowly. Below 1.5 MiB of JSON the stdlib is used
   anyway: importing msgspec (~15 ms) costs more than it saves there, and most traces a user
   analyses by hand are small, so it is imported only when a trace needs it.
 - Streaming: files larger than ``chunk_bytes`` once decompressed are cut at event boundaries
@@ -115,10 +115,10 @@ class Event:
 # Which decoder runs: "auto" (below), "msgspec" (the `trace` extra), "orjson" or "json" (stdlib).
 # "auto" decodes text shorter than _SMALL_BYTES with the stdlib, whose extra work there costs less
 # than importing msgspec (~15 ms, with the inspect and typing_extensions it brings; loading 312 KB
-# of JSON: 19 ms with the stdlib, 29 ms with msgspec; break-even near 1.1 MB), and longer text with
+# of JSON: 19 ms with the stdlib, 29 ms with msgspec; break-even near 1.6 MB), and longer text with
 # msgspec, else orjson, else the stdlib. See set_decoder.
 _decoder = "auto"
-_SMALL_BYTES = 2**20
+_SMALL_BYTES = 3 * 2**19  # 1.5 MiB
 _UNSET: Any = object()
 _fast: Any = _UNSET  # perfcallback.trace._msgspec_events once imported; None: no msgspec
 _orjson: Any = _UNSET
@@ -215,26 +215,55 @@ def _field(item: dict[str, Any], key: str, types: tuple[type, ...], i: int, defa
 
 
 def _py_events(raw: Any) -> list[Event]:
-    """The stdlib decoder's events, type-checked as strictly as msgspec's schema."""
+    """The stdlib decoder's events, type-checked as strictly as msgspec's schema.
+
+    One test of all the field types per event; only an event that fails it goes through the
+    field-by-field check that names the wrong field.
+    """
     if not isinstance(raw, list):
         raise ValueError("traceEvents is not a list")
     out: list[Any] = []
+    append, str_, dict_ = out.append, str, dict
     for i, item in enumerate(raw):
-        if not isinstance(item, dict):
+        if type(item) is not dict_:
             raise ValueError(f"traceEvents[{i}] is not an event object")
-        args = item.get("args")
-        py_args = None
-        if isinstance(args, dict):
-            py_args = _PyArgs(_field(args, "stream", (int, str), i, None),
-                              _field(args, "correlation", (int,), i, None))
-        elif args is not None:
-            raise ValueError(f"traceEvents[{i}].args is not an object")
-        out.append(Event(
-            _field(item, "ph", (str,), i, "") or "", _field(item, "cat", (str,), i, None),
-            _field(item, "name", (str,), i, "") or "", _field(item, "ts", (int, float), i, None),
-            _field(item, "dur", (int, float), i, None), _field(item, "tid", (int, str), i, None),
-            py_args))
+        get = item.get
+        ph, cat, name, ts, dur, tid, args = (get("ph", ""), get("cat"), get("name", ""),
+                                             get("ts"), get("dur"), get("tid"), get("args"))
+        if (type(ph) is str_ and type(name) is str_ and type(cat) in _OPT_STR
+                and type(ts) in _OPT_NUM and type(dur) in _OPT_NUM and type(tid) in _OPT_ID):
+            if args is None:
+                append(Event(ph, cat, name, ts, dur, tid, None))
+                continue
+            if type(args) is dict_:
+                stream, corr = args.get("stream"), args.get("correlation")
+                if type(stream) in _OPT_ID and type(corr) in _OPT_INT:
+                    append(Event(ph, cat, name, ts, dur, tid, _PyArgs(stream, corr)))
+                    continue
+        append(_checked_event(item, i))
     return out
+
+
+_OPT_STR = (str, type(None))
+_OPT_NUM = (int, float, type(None))
+_OPT_ID = (int, str, type(None))
+_OPT_INT = (int, type(None))
+
+
+def _checked_event(item: dict[str, Any], i: int) -> Event:
+    """One event checked field by field: the error names the field of the wrong type."""
+    args = item.get("args")
+    py_args = None
+    if isinstance(args, dict):
+        py_args = _PyArgs(_field(args, "stream", (int, str), i, None),
+                          _field(args, "correlation", (int,), i, None))
+    elif args is not None:
+        raise ValueError(f"traceEvents[{i}].args is not an object")
+    return Event(
+        _field(item, "ph", (str,), i, "") or "", _field(item, "cat", (str,), i, None),
+        _field(item, "name", (str,), i, "") or "", _field(item, "ts", (int, float), i, None),
+        _field(item, "dur", (int, float), i, None), _field(item, "tid", (int, str), i, None),
+        py_args)
 
 
 def decode_events(data: bytes | bytearray | memoryview) -> list[Event]:

@@ -9,6 +9,7 @@ name is the trace author's string, and an escape sequence in it could rewrite th
 from __future__ import annotations
 
 import re
+import zlib
 from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -54,9 +55,8 @@ def short_names(names: Sequence[str], width: int = _NAME_WIDTH) -> list[str]:
     for name, short in zip(names, cut, strict=True):
         if short in clashes and len(set(n for n, c in zip(names, cut, strict=True)
                                         if c == short)) > 1:
-            import hashlib  # rare: two names that read alike once cut
-
-            digest = hashlib.sha1(name.encode("utf-8", "replace")).hexdigest()[:6]
+            # crc32, not hashlib: importing hashlib (OpenSSL) costs 3 ms, more than the table
+            digest = f"{zlib.crc32(name.encode('utf-8', 'replace')):08x}"[:6]
             short = _elide(safe_text(name), width - 8) + f" [#{digest}]"
         out.append(short)
     return out
