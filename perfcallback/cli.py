@@ -30,14 +30,14 @@ _BAR_WIDTH = 24
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="perfcallback",
+        prog="perfcallback", formatter_class=_HelpFormatter,
         description="Performance monitor and advisor for PyTorch training loops.",
     )
     parser.add_argument("--version", action="version", version=f"perfcallback {__version__}")
-    # prog given: argparse would otherwise build a help formatter now (and import shutil)
+    # prog given: argparse would otherwise build a help formatter now
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", prog="perfcallback")
     analyze = sub.add_parser(
-        "analyze", help="analyse PyTorch profiler (Kineto) traces",
+        "analyze", formatter_class=_HelpFormatter, help="analyse PyTorch profiler (Kineto) traces",
         description="Analyse a Kineto trace file, a folder of per-rank traces, or a log folder "
                     "of captures: GPU time breakdown, overlap, kernels, steps, recommendations.")
     analyze.add_argument("path", help="trace file (.json/.json.gz) or folder")
@@ -47,12 +47,35 @@ def build_parser() -> argparse.ArgumentParser:
                               "device time; --json always has them)")
     _common(analyze)
     diff = sub.add_parser(
-        "diff", help="compare two runs or traces", description="Compare run B against run A: "
-        "figures side by side, what got slower and by how much.")
+        "diff", formatter_class=_HelpFormatter, help="compare two runs or traces",
+        description="Compare run B against run A: figures side by side, what got slower and by "
+                    "how much.")
     diff.add_argument("a", help="baseline trace file or folder")
     diff.add_argument("b", help="trace file or folder to compare with the baseline")
     _common(diff)
     return parser
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, sized without :mod:`shutil`: argparse builds one for every
+    ``add_argument`` (to check its metavar), and importing shutil for the terminal width cost
+    2 ms of every run, help printed or not."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, width=_terminal_columns() - 2)
+
+
+def _terminal_columns() -> int:
+    """``shutil.get_terminal_size().columns``, as argparse would ask it: $COLUMNS, else the
+    terminal's width, else 80."""
+    try:
+        return max(int(os.environ["COLUMNS"]), 10)
+    except (KeyError, ValueError):
+        pass
+    try:
+        return os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+    except (AttributeError, ValueError, OSError):
+        return 80
 
 
 def _common(p: argparse.ArgumentParser) -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from perfcallback._record import asdict, record
 from perfcallback.trace.events import GPU_KIND_MEMCPY, GPU_KIND_SYNC, RankTrace
@@ -44,15 +44,18 @@ from perfcallback.trace.kernels import (
     name_types,
 )
 from perfcallback.trace.load import dropped_text
-from perfcallback.trace.operators import OperatorStat, operator_stats
 from perfcallback.trace.steps import (
     StepFigures,
     StepRange,
     Timelines,
+    Window,
     kept_events,
     select_window,
     step_figures,
 )
+
+if TYPE_CHECKING:
+    from perfcallback.trace.operators import OperatorStat
 
 
 @record
@@ -251,9 +254,14 @@ def analyze_rank(
         h2d_pageable_pct=_pageable_pct(rt, kept),
         notes=_notes(rt, temporal, comm, window.steps), kernel_us_by_name=by_name,
         trace_span_us=_trace_span(rt), trace_data_us=total_length(merge_intervals(rt.dataloader)),
-        operators=(operator_stats(rt, kept, window.launch_from, window.launch_to)
-                   if operators else ()),
+        operators=_operators(rt, kept, window) if operators else (),
     )
+
+
+def _operators(rt: RankTrace, kept: Sequence[int], window: Window) -> tuple[OperatorStat, ...]:
+    from perfcallback.trace.operators import operator_stats  # imported only when asked for
+
+    return operator_stats(rt, kept, window.launch_from, window.launch_to)
 
 
 def _trace_span(rt: RankTrace) -> float | None:

@@ -145,15 +145,16 @@ def test_public_names_still_resolve_lazily() -> None:
 def test_small_traces_skip_the_msgspec_import_large_ones_use_it() -> None:
     """``analyze`` imports only what the input needs: the stdlib decoder for a small trace (msgspec
     costs more to import than it saves there), msgspec for a large one; neither needs
-    ``perfcallback.ranks`` (live straggler state) or ``perfcallback.trace.diff``, nor
-    :mod:`dataclasses` (the result types are records: perfcallback/_record.py says why)."""
+    ``perfcallback.ranks`` (live straggler state), ``perfcallback.trace.diff`` or the operator
+    table (not shown without ``--ops``), nor :mod:`dataclasses` (the result types are records:
+    perfcallback/_record.py says why), :mod:`shutil` or :mod:`hashlib` (milliseconds each)."""
     small = DATA / "two_ranks_late_allreduce"
     large = Path(__file__).resolve().parents[1] / "data" / "shared" / "hta" / "nccl_parser_config"
     code = ("import sys\n"
             "from perfcallback.cli import main\n"
             "main(['analyze', sys.argv[1]])\n"
             "print(sorted({'msgspec', 'perfcallback.ranks', 'perfcallback.trace.diff',"
-            " 'dataclasses'}"
+            " 'dataclasses', 'shutil', 'hashlib', 'perfcallback.trace.operators'}"
             " & set(sys.modules)), file=sys.stderr)\n")
     fast = "['msgspec']" if importlib.util.find_spec("msgspec") else "[]"  # the `trace` extra
     for path, expected in ((small, "[]"), (large, fast)):
