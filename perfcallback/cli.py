@@ -157,9 +157,17 @@ def _load(path: str, args: argparse.Namespace, *, operators: bool = False) -> An
 
     limits = TraceLimits() if args.max_trace_mb is None else TraceLimits(
         max_bytes=args.max_trace_mb * MIB)
-    analysis = analyze_path(path, steps=args.steps, skip_bad=args.skip_bad,
-                            require_gpu=not args.allow_cpu_only, progress=_progress_fn(path),
-                            limits=limits, operators=operators)
+    # A gzip trace inflates on a thread (perfcallback.trace.parse._Inflater) while this one
+    # decodes; at the default 5 ms switch interval that thread waits for the GIL after each zlib
+    # call and the two run nearly in turn. This process is ours: hand the GIL over sooner.
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-4)
+    try:
+        analysis = analyze_path(path, steps=args.steps, skip_bad=args.skip_bad,
+                                require_gpu=not args.allow_cpu_only, progress=_progress_fn(path),
+                                limits=limits, operators=operators)
+    finally:
+        sys.setswitchinterval(interval)
     _clear_progress()
     for skipped in analysis.skipped:
         _err(f"perfcallback: skipped {skipped}")
