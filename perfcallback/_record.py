@@ -14,7 +14,9 @@ A record class has ``__slots__``, a keyword-only ``__init__`` (``kw_only=False``
 with defaults and ``field(default_factory=...)``, calls ``__post_init__`` when it defines one,
 compares equal to a record of the same class with equal fields, hashes when frozen, prints as a
 dataclass does, and pickles and copies. :func:`replace`, :func:`asdict` and :func:`fields` are
-its :mod:`dataclasses` namesakes. Type checkers see a dataclass (PEP 681 ``dataclass_transform``).
+its :mod:`dataclasses` namesakes, and :mod:`dataclasses`' own functions accept records too (their
+``__dataclass_fields__`` is built on first use). Type checkers see a dataclass (PEP 681
+``dataclass_transform``).
 Not supported, because nothing here needs them: inheritance between records, ``ClassVar``
 annotations, ``InitVar``, ordering.
 """
@@ -99,6 +101,7 @@ def _build(cls: type[_T], *, frozen: bool, kw_only: bool) -> type[_T]:
         namespace["__delattr__"] = _frozen_delattr
     namespace["__getstate__"] = _getstate
     namespace["__setstate__"] = _setstate
+    namespace["__dataclass_fields__"] = _DATACLASS_FIELDS
     metaclass: Any = type(cls)
     new: type[_T] = metaclass(cls.__name__, cls.__bases__, namespace)
     new.__qualname__ = cls.__qualname__
@@ -138,6 +141,27 @@ def _make_init(cls: type, names: tuple[str, ...], defaults: dict[str, Any], *, f
     init: Callable[..., None] = scope["__init__"]
     init.__qualname__ = f"{cls.__qualname__}.__init__"
     return init
+
+
+class _DataclassFields:
+    """``__dataclass_fields__``, built on first use, so that :mod:`dataclasses`' own ``fields``,
+    ``asdict``, ``replace`` and ``is_dataclass`` take a record for the dataclass it was, and
+    :mod:`dataclasses` is imported only when someone asks."""
+
+    def __get__(self, obj: object, cls: type) -> dict[str, Any]:
+        import dataclasses
+
+        out: dict[str, Any] = {}
+        for name in cls.__record_fields__:  # type: ignore[attr-defined]
+            spec = dataclasses.field()
+            spec.name, spec.type = name, cls.__annotations__.get(name)
+            spec._field_type = dataclasses._FIELD  # type: ignore[attr-defined]
+            out[name] = spec
+        type.__setattr__(cls, "__dataclass_fields__", out)  # built once per class
+        return out
+
+
+_DATACLASS_FIELDS = _DataclassFields()
 
 
 def _values(obj: Any) -> tuple[Any, ...]:

@@ -97,6 +97,20 @@ def test_replace_asdict_fields() -> None:
         fields(PointDC)
 
 
+def test_the_dataclasses_module_takes_records_for_dataclasses() -> None:
+    """Code written against the dataclasses these types were keeps working."""
+    p = Point(x=1.0, tags=["a"])
+    assert dataclasses.is_dataclass(p) and dataclasses.is_dataclass(Point)
+    assert [f.name for f in dataclasses.fields(p)] == ["x", "y", "tags"]
+    assert dataclasses.asdict(p) == asdict(p) == {"x": 1.0, "y": 0.0, "tags": ["a"]}
+    q = dataclasses.replace(p, y=3.0)
+    assert type(q) is Point and (q.x, q.y, q.tags) == (1.0, 3.0, ["a"])
+    with pytest.raises(ValueError, match="x must be"):
+        dataclasses.replace(p, x=-1.0)
+    rec = Recommendation(rule="gc.pauses", category="gc", severity="info", message="m")
+    assert dataclasses.asdict(rec)["rule"] == "gc.pauses"
+
+
 def test_pickle_and_copy_round_trip_frozen_records() -> None:
     for obj in (Point(x=1.0, tags=["t"]), Counter(name="n", hits=3), Pair(4, 5)):
         assert pickle.loads(pickle.dumps(obj)) == obj
