@@ -58,6 +58,10 @@ logger = logging.getLogger("perfcallback")
 _N_PHASES = len(PHASE_NAMES)
 _STEP_S, _INDEX = operator.attrgetter("step_s"), operator.attrgetter("index")
 _CUDA_MEMORY_EVERY = 5  # steps between allocator snapshots (memory_stats() costs tens of us)
+# Steps between host RSS reads. The read is a syscall of ~1 us alone, but inside a training loop
+# it cost ~16 us a step (benchmarks/overhead.py, ablated): the loop's own work runs slower after
+# it. Every 4th step keeps 6 samples a window for the leak rule's straight-line fit.
+_RSS_EVERY = 4
 _STATE_VERSION = 1  # bump when state_dict() changes shape
 # A capture's kernel-level figures describe the steps it profiled (perturbed by the profiler):
 # they join this many windows after it, then age out, so a finding they raise can resolve.
@@ -374,7 +378,7 @@ class StepRecorder:
         cuda = None
         if self._cuda is not None and index % _CUDA_MEMORY_EVERY == 0:
             cuda = self._cuda_snapshot()
-        rss = self._read_rss() or 0
+        rss = (self._read_rss() or 0) if index % _RSS_EVERY == 0 else 0  # 0: not sampled
         sync = self._sync_s
         self._ring.append(
             StepRecord(index, step_s, acc.copy(), samples, rss, gc_pause, gc_count, t, cuda, sync)
