@@ -2,12 +2,19 @@
 
 - forward: a forward pre-hook and an ``always_call`` forward hook on the root module only (nested
   calls of the same module count once).
-- backward: the forward hook registers a gradient hook on the first output tensor that requires
-  grad; when autograd reaches it, backward has started. Backward ends where the user's
-  ``backward()`` call returns: after the autograd engine's final callbacks, which is where DDP's
-  reducer (and FSDP) wait for gradient communication. :class:`GradSyncProbe` times that wait
-  apart, as exposed communication inside backward. The loss's own backward before it reaches the
-  model output counts as "other".
+- backward, in one process: the call of ``torch.autograd.backward`` (what ``loss.backward()``
+  calls) is the backward phase. While a monitor listens, that function is wrapped process-wide
+  (:func:`_timed_backward`, restored when the last monitor goes). A Python hook inside the autograd
+  engine costs ~15 us a step (it takes the GIL from the engine); the wrapper costs ~1 us. For the
+  first steps a gradient hook on the model's output checks that backward does come through that
+  call; if it ever runs another way (``torch.autograd.grad``, a reference to the function taken
+  before the wrapper), the monitor falls back on the hooks below for the rest of the run.
+- backward, across ranks (and in that fallback): the forward hook registers a gradient hook on the
+  first output tensor that requires grad; when autograd reaches it, backward has started. Backward
+  ends where the user's ``backward()`` call returns: after the autograd engine's final callbacks,
+  which is where DDP's reducer (and FSDP) wait for gradient communication. :class:`GradSyncProbe`
+  times that wait apart, as exposed communication inside backward. The loss's own backward before
+  it reaches the model output counts as "other".
 - optimizer: ``register_step_pre_hook`` / ``register_step_post_hook`` (torch >= 2.0).
 
 Every callback runs behind the recorder's fail-open guard; handles are kept and removed in
@@ -24,6 +31,7 @@ monitor never adds a graph break of its own.
 from __future__ import annotations
 
 import sys
+import threading
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -113,12 +121,18 @@ class PhaseHooks:
         self._shadowed: list[tuple[object, str]] = []  # instance attributes to delete at remove()
         self._depth = 0
         self._in_backward = False
+        self._in_call = False  # inside a torch.autograd.backward call this monitor times
+        self._confirmed = 0  # steps whose backward was seen to come through that call
+        self._thread = threading.get_ident()
         guard = recorder.failopen.guard
+        self.call_begins: Callable[[], bool | None] = guard("backward_hook", self._call_begins)
+        self.call_ends: Callable[[], None] = guard("backward_hook", self._call_ends)
         self._on_grad: Callable[[torch.Tensor], None] = guard("backward_hook", self._grad_hook)
         self._on_grad_node: Callable[[Any], None] = guard("backward_hook", self._grad_node_hook)
         self._end_backward: Callable[[], None] = guard("backward_hook", self._backward_done)
         self._sync = (GradSyncProbe(recorder, guard, then=self._backward_done)
                       if times_grad_sync(recorder) else None)
+        self._by_call = model is not None and self._sync is None
         if model is not None:
             self._install_model(model, guard)
         if optimizer is not None:
@@ -132,6 +146,8 @@ class PhaseHooks:
             model.register_forward_hook(_skipped_by_dynamo(post), always_call=True)
         )
         self._install_fsdp(model)
+        if self._by_call:
+            _listen(self)
 
     def _install_fsdp(self, model: torch.nn.Module) -> None:
         """FSDP2 (``fully_shard``): backward starts at the first FSDP pre-backward hook.
@@ -173,6 +189,7 @@ class PhaseHooks:
         for obj, name in self._shadowed:
             vars(obj).pop(name, None)
         self._shadowed.clear()
+        _unlisten(self)
 
     # hooks: short, and everything measured lives in the recorder
     def _fwd_pre(self, module: torch.nn.Module, args: Any) -> None:
@@ -192,6 +209,8 @@ class PhaseHooks:
         if self._depth:
             return
         self._rec.phase_end(FORWARD)
+        if self._by_call and self._confirmed >= _CONFIRM_STEPS:
+            return  # backward is timed at its call; no hook inside the engine needed
         if self._rec.in_step and torch.is_grad_enabled():
             # most models return one tensor: skip the generic search for it
             tensor = output if type(output) is torch.Tensor else _first_grad_tensor(output)
@@ -206,8 +225,12 @@ class PhaseHooks:
         self._grad_hook(None)
 
     def _grad_hook(self, grad: torch.Tensor | None) -> None:
+        if self._in_call:  # timed at the call: this step confirms that backward comes that way
+            self._confirmed += 1
+            return
         if self._in_backward:
             return
+        self._by_call = False  # backward ran outside torch.autograd.backward: hooks from now on
         self._in_backward = True
         self._rec.phase_start(BACKWARD)
         if self._sync is not None:
@@ -219,6 +242,19 @@ class PhaseHooks:
         self._in_backward = False
         self._rec.phase_end(BACKWARD)
 
+    def _call_begins(self) -> bool:
+        """A ``torch.autograd.backward`` call starts; ``True`` if this monitor times it."""
+        if (not self._by_call or self._in_call or self._in_backward or not self._rec.in_step
+                or threading.get_ident() != self._thread):
+            return False
+        self._in_call = True
+        self._rec.phase_start(BACKWARD)
+        return True
+
+    def _call_ends(self) -> None:
+        self._in_call = False
+        self._rec.phase_end(BACKWARD)
+
     def _opt_pre(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         self._rec.phase_start(OPTIMIZER)
 
@@ -227,6 +263,45 @@ class PhaseHooks:
 
 
 _is_compiling: Callable[[], bool] = torch.compiler.is_compiling
+_CONFIRM_STEPS = 3  # steps whose backward must come through the call before its hook is dropped
+
+# Process-wide: torch.autograd.backward wrapped while at least one PhaseHooks listens.
+_listeners: list[PhaseHooks] = []
+_original_backward: Callable[..., Any] | None = None
+
+
+def _timed_backward(*args: Any, **kwargs: Any) -> Any:
+    """``torch.autograd.backward`` (what ``Tensor.backward`` calls) timed as the backward phase of
+    the monitors that listen; their checks and clocks are behind their fail-open guards."""
+    original = _original_backward
+    assert original is not None
+    timing = [hooks for hooks in _listeners if hooks.call_begins()]
+    if not timing:
+        return original(*args, **kwargs)
+    try:
+        return original(*args, **kwargs)
+    finally:
+        for hooks in timing:
+            hooks.call_ends()
+
+
+def _listen(hooks: PhaseHooks) -> None:
+    global _original_backward
+    if not _listeners and torch.autograd.backward is not _timed_backward:
+        _original_backward = torch.autograd.backward
+        torch.autograd.backward = _timed_backward
+    _listeners.append(hooks)
+
+
+def _unlisten(hooks: PhaseHooks) -> None:
+    """Stop ``hooks`` listening; the last one out restores ``torch.autograd.backward`` (unless
+    something wrapped it since: then ours stays beneath, passing calls through)."""
+    global _original_backward
+    if hooks in _listeners:
+        _listeners.remove(hooks)
+    if not _listeners and torch.autograd.backward is _timed_backward:
+        torch.autograd.backward = _original_backward  # type: ignore[assignment]
+        _original_backward = None
 
 
 def _skipped_by_dynamo(hook: Callable[..., Any]) -> Callable[..., Any]:

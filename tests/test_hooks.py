@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from typing import Any
+
 import torch
 
 from perfcallback import PerfMonitor
@@ -86,3 +90,89 @@ def test_recursive_calls_of_the_root_module_count_once() -> None:
     assert report.steps == 3 and report.breakdown["forward"] > 0
     assert not report.disabled
     assert_no_hooks(model)
+
+
+class _SlowBackward(torch.autograd.Function):
+    """Identity whose backward sleeps: a planted backward cost."""
+
+    @staticmethod
+    def forward(ctx: object, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: object, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        time.sleep(0.004)
+        return grad
+
+
+class SlowBackwardModel(torch.nn.Module):
+    """Two layers with the planted backward between them (on the first layer's gradient path)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first, self.second = torch.nn.Linear(16, 16), torch.nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.second(_SlowBackward.apply(self.first(x)))
+
+
+def _run(model: torch.nn.Module, steps: int, backward: Callable[[torch.Tensor], None]) -> Any:
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    with PerfMonitor(model=model, optimizer=opt, warmup_steps=0, window_steps=4,
+                     log_recommendations=False) as perf:
+        hooks = perf._hooks
+        for _ in perf.wrap_loader(range(steps)):
+            with perf.step():
+                backward(model(torch.randn(8, 16)).sum())
+                opt.step()
+                opt.zero_grad()
+    return perf.report(), hooks
+
+
+def test_one_process_times_backward_at_its_call_and_drops_the_engine_hook() -> None:
+    """backward is the ``loss.backward()`` call; after a few steps confirm it, no hook runs inside
+    the autograd engine any more (it costs ~15 us a step), and the figure stays right."""
+    original = torch.autograd.backward
+    report, hooks = _run(SlowBackwardModel(), 12, lambda loss: loss.backward())
+    per_step = report.breakdown["backward"]
+    assert 0.004 <= per_step < 0.004 * 1.5 + 0.002, per_step  # the planted 4 ms, and little else
+    assert hooks._by_call and hooks._confirmed == 3  # confirmed, then the hook was dropped
+    assert torch.autograd.backward is original  # restored at exit
+    assert_no_hooks_on_backward()
+
+
+def assert_no_hooks_on_backward() -> None:
+    from perfcallback import hooks as hooks_module
+
+    assert hooks_module._listeners == [] and hooks_module._original_backward is None
+
+
+def test_backward_that_bypasses_the_call_falls_back_on_engine_hooks() -> None:
+    """``torch.autograd.grad`` (or a reference to ``backward`` taken before the monitor) never
+    goes through the wrapped call: the gradient hook finds out and times backward from then on."""
+
+    def by_grad(loss: torch.Tensor) -> None:
+        params = [p for p in model.parameters() if p.requires_grad]
+        for p, g in zip(params, torch.autograd.grad(loss, params), strict=True):
+            p.grad = g
+
+    model = SlowBackwardModel()
+    report, hooks = _run(model, 12, by_grad)
+    assert not hooks._by_call
+    per_step = report.breakdown["backward"]
+    assert 0.004 <= per_step < 0.004 * 1.5 + 0.002, per_step
+    assert_no_hooks_on_backward()
+
+
+def test_nested_monitors_share_one_wrapper_and_restore_it() -> None:
+    original = torch.autograd.backward
+    model = tiny_model()
+    with PerfMonitor(model=model, log_recommendations=False, warmup_steps=0):
+        wrapped = torch.autograd.backward
+        assert wrapped is not original
+        with PerfMonitor(model=tiny_model(), log_recommendations=False, warmup_steps=0,
+                         tensorboard=False):
+            assert torch.autograd.backward is wrapped
+        assert torch.autograd.backward is wrapped
+    assert torch.autograd.backward is original
+    assert_no_hooks_on_backward()
