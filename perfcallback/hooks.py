@@ -243,9 +243,10 @@ class PhaseHooks:
         self._rec.phase_end(BACKWARD)
 
     def _call_begins(self) -> bool:
-        """A ``torch.autograd.backward`` call starts; ``True`` if this monitor times it."""
+        """A ``torch.autograd.backward`` call starts; ``True`` if this monitor times it (never
+        while dynamo traces the call: a compiled step keeps no clock of ours in its graph)."""
         if (not self._by_call or self._in_call or self._in_backward or not self._rec.in_step
-                or threading.get_ident() != self._thread):
+                or _is_compiling() or threading.get_ident() != self._thread):
             return False
         self._in_call = True
         self._rec.phase_start(BACKWARD)
