@@ -197,7 +197,10 @@ def test_a_communication_heavy_model_gets_a_communication_warning(tmp_path: Path
     assert found is not None, results[0]["text"]
     assert found["severity"] in ("warning", "critical")
     assert "bucket_cap_mb is 25" in found["message"]  # the user's real setting, quoted
-    assert _finding(report, "straggler.slow_rank") is None
+    # No planted imbalance here, so no straggler warning; but the work is real, and two ranks
+    # sharing two cores with the test runner can differ enough for an info-level note.
+    straggler = _finding(report, "straggler.slow_rank")
+    assert straggler is None or straggler["severity"] == "info", results[0]["text"]
 
 
 # ----------------------------------------------------------------- faults: nothing waits forever
