@@ -288,8 +288,11 @@ def _timed_backward(*args: Any, **kwargs: Any) -> Any:
 
 def _listen(hooks: PhaseHooks) -> None:
     global _original_backward
-    if not _listeners and torch.autograd.backward is not _timed_backward:
-        _original_backward = torch.autograd.backward
+    current = torch.autograd.backward
+    # Install unless ours is still in place, perhaps beneath another library's wrapper (wrapping
+    # theirs would make the two call each other); if the original was put back over us, re-wrap.
+    if _original_backward is None or current is _original_backward:
+        _original_backward = current
         torch.autograd.backward = _timed_backward
     _listeners.append(hooks)
 

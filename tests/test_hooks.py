@@ -176,3 +176,27 @@ def test_nested_monitors_share_one_wrapper_and_restore_it() -> None:
         assert torch.autograd.backward is wrapped
     assert torch.autograd.backward is original
     assert_no_hooks_on_backward()
+
+
+def test_a_wrapper_put_over_ours_keeps_backward_working_across_monitors() -> None:
+    """Another library wraps ``torch.autograd.backward`` after us: ours stays beneath it when the
+    monitor leaves, and the next monitor uses it again instead of wrapping theirs (which would
+    call itself)."""
+    original = torch.autograd.backward
+    model = SlowBackwardModel()
+    try:
+        with PerfMonitor(model=model, log_recommendations=False, warmup_steps=0,
+                         tensorboard=False):
+            ours = torch.autograd.backward
+            theirs = lambda *a, **k: ours(*a, **k)  # noqa: E731
+            torch.autograd.backward = theirs
+        assert torch.autograd.backward is theirs
+        report, hooks = _run(model, 6, lambda loss: loss.backward())
+        assert hooks._by_call and report.breakdown["backward"] >= 0.004
+        assert torch.autograd.backward is theirs
+    finally:
+        torch.autograd.backward = original  # put back over ours: the next monitor re-wraps it
+    report, hooks = _run(model, 6, lambda loss: loss.backward())
+    assert hooks._by_call and report.breakdown["backward"] >= 0.004
+    assert torch.autograd.backward is original
+    assert_no_hooks_on_backward()

@@ -381,7 +381,10 @@ class _Reader:
     def read(self, n: int) -> bytes:
         """Up to ``n`` bytes; fewer only at the end of the file."""
         if self._inflater is None:
-            data = self._raw.read(n)
+            try:
+                data = self._raw.read(n)
+            except OSError as exc:
+                raise TraceError(self.path, f"cannot read it ({exc.strerror or exc})") from exc
             self._count(len(data))
         else:
             parts, have = [self._held], len(self._held)
@@ -464,6 +467,7 @@ class _Inflater:
             import threading
 
             self._queue: Any = queue.Queue(maxsize=_QUEUED_BLOCKS)
+            self._full: type[Exception] = queue.Full
             self._stop = threading.Event()
             self._thread = threading.Thread(target=self._produce, name="perfcallback-gunzip",
                                             daemon=True)
@@ -506,13 +510,11 @@ class _Inflater:
             self._put(exc)
 
     def _put(self, item: bytes | BaseException) -> bool:
-        import queue
-
         while not self._stop.is_set():
             try:
                 self._queue.put(item, timeout=0.1)
                 return True
-            except queue.Full:
+            except self._full:
                 continue
         return False
 
