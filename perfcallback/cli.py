@@ -153,14 +153,16 @@ def _err(line: str) -> None:
 
 def _load(path: str, args: argparse.Namespace, *, operators: bool = False) -> Any:
     from perfcallback.trace import analyze_path
-    from perfcallback.trace.parse import MIB, TraceLimits
+    from perfcallback.trace.parse import MIB, TraceLimits, lean_msgspec_import
 
     limits = TraceLimits() if args.max_trace_mb is None else TraceLimits(
         max_bytes=args.max_trace_mb * MIB)
     # A gzip trace inflates on a thread (perfcallback.trace.parse._Inflater) while this one
     # decodes; at the default 5 ms switch interval that thread waits for the GIL after each zlib
-    # call and the two run nearly in turn. This process is ours: hand the GIL over sooner.
+    # call and the two run nearly in turn. This process is ours: hand the GIL over sooner, and
+    # import msgspec without what it does not need.
     interval = sys.getswitchinterval()
+    lean_msgspec_import()
     sys.setswitchinterval(1e-4)
     try:
         analysis = analyze_path(path, steps=args.steps, skip_bad=args.skip_bad,

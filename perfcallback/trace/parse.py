@@ -35,6 +35,7 @@ import json
 import math
 import re
 import stat
+import sys
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -124,17 +125,53 @@ _fast: Any = _UNSET  # perfcallback.trace._msgspec_events once imported; None: n
 _orjson: Any = _UNSET
 
 
+_lean_import = False  # see lean_msgspec_import
+
+
+def lean_msgspec_import() -> None:
+    """Import msgspec, when a trace needs it, without :mod:`typing_extensions`: for a process
+    that owns its imports (the CLI), never for a library in someone else's process.
+
+    msgspec tries ``typing_extensions`` first and falls back on :mod:`typing`, which has all it
+    uses from Python 3.11 on. Importing ``typing_extensions`` (and the :mod:`inspect` it brings)
+    is ~7 ms of msgspec's ~15, a tenth of ``perfcallback analyze`` on a 2 MB trace. The import is
+    refused by a ``None`` in :data:`sys.modules` for the length of msgspec's import, which would
+    also refuse another thread's import of it then: hence only on request.
+    """
+    global _lean_import
+    _lean_import = sys.version_info >= (3, 11)
+
+
 def _msgspec_events() -> Any:
     """The msgspec decoders module, imported on first use; ``None`` without msgspec."""
     global _fast
     if _fast is _UNSET:
+        lean = _lean_import and "typing_extensions" not in sys.modules and \
+            "msgspec" not in sys.modules
         try:
-            from perfcallback.trace import _msgspec_events
+            _fast = _import_msgspec_events(lean=lean)
         except ImportError:
             _fast = None
-        else:
-            _fast = _msgspec_events
     return _fast
+
+
+def _import_msgspec_events(*, lean: bool) -> Any:
+    if lean:
+        sys.modules["typing_extensions"] = None  # type: ignore[assignment]
+        try:
+            from perfcallback.trace import _msgspec_events
+
+            return _msgspec_events
+        except ImportError:  # a msgspec that needs typing_extensions after all: import it as usual
+            for name in [n for n in sys.modules if n.split(".")[0] == "msgspec"
+                         or n == "perfcallback.trace._msgspec_events"]:
+                del sys.modules[name]
+        finally:
+            if "typing_extensions" in sys.modules and sys.modules["typing_extensions"] is None:
+                del sys.modules["typing_extensions"]
+    from perfcallback.trace import _msgspec_events
+
+    return _msgspec_events
 
 
 def _orjson_module() -> Any:

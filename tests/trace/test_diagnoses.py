@@ -147,14 +147,16 @@ def test_small_traces_skip_the_msgspec_import_large_ones_use_it() -> None:
     costs more to import than it saves there), msgspec for a large one; neither needs
     ``perfcallback.ranks`` (live straggler state), ``perfcallback.trace.diff`` or the operator
     table (not shown without ``--ops``), nor :mod:`dataclasses` (the result types are records:
-    perfcallback/_record.py says why), :mod:`shutil` or :mod:`hashlib` (milliseconds each)."""
+    perfcallback/_record.py says why), :mod:`shutil` or :mod:`hashlib` (milliseconds each), nor,
+    with msgspec, ``typing_extensions`` and :mod:`inspect` (parse.lean_msgspec_import)."""
     small = DATA / "two_ranks_late_allreduce"
     large = Path(__file__).resolve().parents[1] / "data" / "shared" / "hta" / "nccl_parser_config"
     code = ("import sys\n"
             "from perfcallback.cli import main\n"
             "main(['analyze', sys.argv[1]])\n"
             "print(sorted({'msgspec', 'perfcallback.ranks', 'perfcallback.trace.diff',"
-            " 'dataclasses', 'shutil', 'hashlib', 'perfcallback.trace.operators'}"
+            " 'dataclasses', 'shutil', 'hashlib', 'perfcallback.trace.operators',"
+            " 'typing_extensions', 'inspect'}"
             " & set(sys.modules)), file=sys.stderr)\n")
     fast = "['msgspec']" if importlib.util.find_spec("msgspec") else "[]"  # the `trace` extra
     for path, expected in ((small, "[]"), (large, fast)):
