@@ -1,5 +1,5 @@
 """``python -m perfcallback`` runs the command-line interface."""
 
-from perfcallback.cli import main
+from perfcallback.cli import run
 
-raise SystemExit(main())
+run()

@@ -17,7 +17,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from perfcallback._version import __version__
 
@@ -137,6 +137,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         _err(f"perfcallback: internal error: {type(exc).__name__}: {exc} (set "
              "PERFCALLBACK_DEBUG=1 for the traceback, and please report it)")
         return EXIT_BUG
+
+
+def run() -> NoReturn:
+    """The ``perfcallback`` command and ``python -m perfcallback``: :func:`main`, then exit
+    without tearing the interpreter down.
+
+    Freeing every module and object at exit costs ~5 ms, a tenth of ``analyze`` on a small
+    trace, and this process has nothing left to finalise: no files open for writing, no exit
+    handlers of its own, only daemon threads. Output is flushed first.
+    """
+    status = main()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except OSError:  # a closed pipe (``| head``): the output was not all delivered
+        status = status or 1
+    os._exit(status)
 
 
 def _out(text: str) -> None:

@@ -155,6 +155,22 @@ def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0 and "analyze" in out and "diff" in out
 
 
+def test_the_process_exits_fast_with_all_its_output_and_status(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """``python -m perfcallback`` skips the interpreter's teardown (cli.run): what it prints is
+    still all there, through a pipe, byte for byte what main() prints, with main()'s status."""
+    code, expected, _ = _run(capsys, "analyze", str(TWO_RANKS), "--json")
+    proc = subprocess.run([sys.executable, "-m", "perfcallback", "analyze", str(TWO_RANKS),
+                           "--json"], capture_output=True, text=True, timeout=60)
+    assert (code, proc.returncode) == (0, 0) and proc.stdout == expected
+    bad = tmp_path / "rank-0.json.gz"
+    bad.write_bytes(b"nope")
+    proc = subprocess.run([sys.executable, "-m", "perfcallback", "analyze", str(bad)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    _one_line_error(proc.stderr, "not a gzip file")
+
+
 @pytest.mark.slow  # a fresh interpreter importing torch
 def test_console_script_smoke(tmp_path: Path) -> None:
     script = Path(sys.executable).with_name("perfcallback")

@@ -5,9 +5,10 @@ Design notes:
   ``benchmarks/analyze_speed.py``): ``json.loads`` 0.98 s / 190 MB, ``orjson.loads`` 0.55-0.87 s,
   ``msgspec`` decoding into typed structs that keep only the fields the analysis reads 0.19-0.34 s
   / 59 MB. msgspec is therefore used when installed (the ``trace`` extra); otherwise orjson, then
-  the stdlib ``json``, give the same results more slowly. Below 1.5 MiB of JSON the stdlib is used
-  anyway: importing msgspec (~15 ms) costs more than it saves there, and most traces a user
-  analyses by hand are small, so it is imported only when a trace needs it.
+  the stdlib ``json``, give the same results more slowly. Below 1.5 MiB of JSON (768 KiB in the
+  CLI, which imports msgspec leaner: :func:`lean_msgspec_import`) the stdlib is used anyway:
+  importing msgspec (~15 ms) costs more than it saves there, and most traces a user analyses by
+  hand are small, so it is imported only when a trace needs it.
 - Streaming: files larger than ``chunk_bytes`` once decompressed are cut at event boundaries
   (``}`` , ``{`` at the top level of the ``traceEvents`` array) and decoded one chunk at a time, so
   memory is bounded by the chunk, not the file. A candidate cut that falls inside a nested value
@@ -114,12 +115,15 @@ class Event:
 
 
 # Which decoder runs: "auto" (below), "msgspec" (the `trace` extra), "orjson" or "json" (stdlib).
-# "auto" decodes text shorter than _SMALL_BYTES with the stdlib, whose extra work there costs less
-# than importing msgspec (~15 ms, with the inspect and typing_extensions it brings; loading 312 KB
-# of JSON: 19 ms with the stdlib, 29 ms with msgspec; break-even near 1.6 MB), and longer text with
-# msgspec, else orjson, else the stdlib. See set_decoder.
+# "auto" decodes text shorter than _small_bytes() with the stdlib, whose extra work there costs
+# less than importing msgspec (~15 ms, with the inspect and typing_extensions it brings; loading
+# 312 KB of JSON: 19 ms with the stdlib, 29 ms with msgspec; break-even near 1.6 MB), and longer
+# text with msgspec, else orjson, else the stdlib. The lean import (lean_msgspec_import) costs
+# ~8 ms, which moves the break-even to ~0.7 MB (a 1.1 MB trace: 25.5 ms against 22.5 ms in the
+# whole CLI run). See set_decoder.
 _decoder = "auto"
 _SMALL_BYTES = 3 * 2**19  # 1.5 MiB
+_SMALL_BYTES_LEAN = 3 * 2**18  # 768 KiB
 _UNSET: Any = object()
 _fast: Any = _UNSET  # perfcallback.trace._msgspec_events once imported; None: no msgspec
 _orjson: Any = _UNSET
@@ -214,11 +218,16 @@ def _choose(size: int) -> str:
     """The decoder for ``size`` bytes of JSON."""
     if _decoder != "auto":
         return _decoder
-    if size < _SMALL_BYTES and _fast is _UNSET:  # once imported, msgspec is faster at any size
+    if size < _small_bytes() and _fast is _UNSET:  # once imported, msgspec is faster at any size
         return "json"
     if _msgspec_events() is not None:
         return "msgspec"
     return "orjson" if _orjson_module() is not None else "json"
+
+
+def _small_bytes() -> int:
+    """Below this much JSON, importing msgspec costs more than it saves."""
+    return _SMALL_BYTES_LEAN if _lean_import else _SMALL_BYTES
 
 
 def _is_validation_error(exc: Exception) -> bool:
@@ -609,7 +618,7 @@ def iter_trace(
 def _stream(
     reader: _Reader, chunk_bytes: int, progress: ProgressFn | None, max_event_bytes: int
 ) -> Iterator[list[Event] | Metadata]:
-    if reader.json_size >= _SMALL_BYTES and _decoder == "auto":
+    if reader.json_size >= _small_bytes() and _decoder == "auto":
         _msgspec_events()  # import it now: a large gzip file inflates on its thread meanwhile
     first = reader.read(chunk_bytes)
     head = first.lstrip(b"\xef\xbb\xbf \t\r\n")
