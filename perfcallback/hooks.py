@@ -125,8 +125,9 @@ class PhaseHooks:
         self._confirmed = 0  # steps whose backward was seen to come through that call
         self._thread = threading.get_ident()
         guard = recorder.failopen.guard
-        self.call_begins: Callable[[], bool | None] = guard("backward_hook", self._call_begins)
-        self.call_ends: Callable[[], None] = guard("backward_hook", self._call_ends)
+        # Called every step: fail-open checked inline (see _fwd_pre), not through a guard wrapper.
+        self._disabled = recorder.failopen.disabled  # read only: a dict shared with FailOpen
+        self._trip = recorder.failopen.trip
         self._on_grad: Callable[[torch.Tensor], None] = guard("backward_hook", self._grad_hook)
         self._on_grad_node: Callable[[Any], None] = guard("backward_hook", self._grad_node_hook)
         self._end_backward: Callable[[], None] = guard("backward_hook", self._backward_done)
@@ -140,10 +141,9 @@ class PhaseHooks:
 
     def _install_model(self, model: torch.nn.Module, guard: Any) -> None:
         self._model_ref = weakref.ref(model)
-        pre, post = guard("forward_hook", self._fwd_pre), guard("forward_hook", self._fwd_post)
-        self._handles.append(model.register_forward_pre_hook(_skipped_by_dynamo(pre)))
+        self._handles.append(model.register_forward_pre_hook(_skipped_by_dynamo(self._fwd_pre)))
         self._handles.append(
-            model.register_forward_hook(_skipped_by_dynamo(post), always_call=True)
+            model.register_forward_hook(_skipped_by_dynamo(self._fwd_post), always_call=True)
         )
         self._install_fsdp(model)
         if self._by_call:
@@ -174,12 +174,8 @@ class PhaseHooks:
             self._shadowed.append((state, "_pre_backward"))
 
     def _install_optimizer(self, optimizer: torch.optim.Optimizer, guard: Any) -> None:
-        self._handles.append(
-            optimizer.register_step_pre_hook(guard("optimizer_hook", self._opt_pre))
-        )
-        self._handles.append(
-            optimizer.register_step_post_hook(guard("optimizer_hook", self._opt_post))
-        )
+        self._handles.append(optimizer.register_step_pre_hook(self._opt_pre))
+        self._handles.append(optimizer.register_step_post_hook(self._opt_post))
 
     def remove(self) -> None:
         """Remove every hook this object installed. Idempotent."""
@@ -191,20 +187,31 @@ class PhaseHooks:
         self._shadowed.clear()
         _unlisten(self)
 
-    # hooks: short, and everything measured lives in the recorder
+    # Hooks: short, and everything measured lives in the recorder. Each runs every step, so its
+    # fail-open guard is inline (a try, and a check that its component is still on) rather than a
+    # FailOpen.guard wrapper: a Python call between two training steps costs about a microsecond.
     def _fwd_pre(self, module: torch.nn.Module, args: Any) -> None:
-        if _is_compiling():  # traced by an in-place model.compile(): stay out of the graph
-            return
-        self._depth += 1
-        if self._depth == 1:
-            rec = self._rec
-            rec.phase_start(FORWARD)
-            if rec.autocast_pending:  # once per window, where the user's autocast is in force
-                rec.sample_autocast()
+        if _is_compiling() or _FORWARD in self._disabled:  # traced by an in-place
+            return  # model.compile(): stay out of the graph
+        try:
+            self._depth += 1
+            if self._depth == 1:
+                rec = self._rec
+                rec.phase_start(FORWARD)
+                if rec.autocast_pending:  # once per window, where the user's autocast is in force
+                    rec.sample_autocast()
+        except Exception as exc:  # fail open: never let our error reach the training loop
+            self._trip(_FORWARD, exc)
 
     def _fwd_post(self, module: torch.nn.Module, args: Any, output: Any) -> None:
-        if _is_compiling():
+        if _is_compiling() or _FORWARD in self._disabled:
             return
+        try:
+            self._forward_done(output)
+        except Exception as exc:  # fail open
+            self._trip(_FORWARD, exc)
+
+    def _forward_done(self, output: Any) -> None:
         self._depth = max(0, self._depth - 1)
         if self._depth:
             return
@@ -242,27 +249,46 @@ class PhaseHooks:
         self._in_backward = False
         self._rec.phase_end(BACKWARD)
 
-    def _call_begins(self) -> bool:
+    def call_begins(self) -> bool:
         """A ``torch.autograd.backward`` call starts; ``True`` if this monitor times it (never
         while dynamo traces the call: a compiled step keeps no clock of ours in its graph)."""
-        if (not self._by_call or self._in_call or self._in_backward or not self._rec.in_step
+        if (not self._by_call or self._in_call or self._in_backward or _BACKWARD in self._disabled
                 or _is_compiling() or threading.get_ident() != self._thread):
             return False
-        self._in_call = True
-        self._rec.phase_start(BACKWARD)
+        try:
+            if not self._rec.in_step:
+                return False
+            self._in_call = True
+            self._rec.phase_start(BACKWARD)
+        except Exception as exc:  # fail open
+            self._trip(_BACKWARD, exc)
+            return False
         return True
 
-    def _call_ends(self) -> None:
+    def call_ends(self) -> None:
         self._in_call = False
-        self._rec.phase_end(BACKWARD)
+        if _BACKWARD not in self._disabled:
+            try:
+                self._rec.phase_end(BACKWARD)
+            except Exception as exc:  # fail open
+                self._trip(_BACKWARD, exc)
 
     def _opt_pre(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        self._rec.phase_start(OPTIMIZER)
+        if _OPTIMIZER not in self._disabled:
+            try:
+                self._rec.phase_start(OPTIMIZER)
+            except Exception as exc:  # fail open
+                self._trip(_OPTIMIZER, exc)
 
     def _opt_post(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        self._rec.phase_end(OPTIMIZER)
+        if _OPTIMIZER not in self._disabled:
+            try:
+                self._rec.phase_end(OPTIMIZER)
+            except Exception as exc:  # fail open
+                self._trip(_OPTIMIZER, exc)
 
 
+_FORWARD, _BACKWARD, _OPTIMIZER = "forward_hook", "backward_hook", "optimizer_hook"  # components
 _is_compiling: Callable[[], bool] = torch.compiler.is_compiling
 _CONFIRM_STEPS = 3  # steps whose backward must come through the call before its hook is dropped
 
@@ -276,6 +302,14 @@ def _timed_backward(*args: Any, **kwargs: Any) -> Any:
     the monitors that listen; their checks and clocks are behind their fail-open guards."""
     original = _original_backward
     assert original is not None
+    if len(_listeners) == 1:  # the usual case, without the list below (every step counts)
+        only = _listeners[0]
+        if not only.call_begins():
+            return original(*args, **kwargs)
+        try:
+            return original(*args, **kwargs)
+        finally:
+            only.call_ends()
     timing = [hooks for hooks in _listeners if hooks.call_begins()]
     if not timing:
         return original(*args, **kwargs)

@@ -154,7 +154,8 @@ class StepRecorder:
         if warmup_steps == 0:
             self.failopen.guard("compile_counters", self._compile.mark)(0)
         self.autocast_pending = True  # sample autocast in the next forward (sample_autocast())
-        self.totals = RunTotals()
+        self._totals = RunTotals()
+        self._untallied = 0  # measured steps, the newest in the ring, not yet in _totals
         self._dev_window: list[tuple[float, list[float]]] = []
         self._cuda_retries_at_window = 0.0
         # current step
@@ -185,6 +186,24 @@ class StepRecorder:
         self._flop_step = -1  # index of the step running under FlopCounterMode
         self.profiled_steps = 0  # steps run under the profiler, left out of the figures
         self.last_profiled_step = 0
+
+    @property
+    def totals(self) -> RunTotals:
+        """Sums over every measured step so far.
+
+        The steps since the last read are added here, in a batch from the ring buffer, rather
+        than one call per step in :meth:`end_step`: the hot path keeps to a counter.
+        """
+        if self._untallied:
+            self._tally()
+        return self._totals
+
+    def _tally(self) -> None:
+        ring, add = self._ring, self._totals.add_step
+        for i in range(-self._untallied, 0):
+            r = ring[i]
+            add(r.phases, r.step_s, r.samples, r.gc_pause_s, r.gc_collections, r.comm_s)
+        self._untallied = 0
 
     # ----------------------------------------------------------------- lifecycle
     def attach_profiler(self, profiler: TraceProfiler) -> None:
@@ -385,10 +404,11 @@ class StepRecorder:
         )
         self._recent_times.append(step_s)
         self._recent_indices.append(index)
-        self.totals.add_step(acc, step_s, samples, gc_pause, gc_count, sync)
+        self._untallied += 1  # added to the totals in a batch, on read (see totals)
         if self._cuda is not None:
             self._poll_device()
-        if self.totals.steps % self.window_steps == 0:
+        if (self._totals.steps + self._untallied) % self.window_steps == 0:
+            self._tally()  # at most a window's steps wait, all still in the ring
             self._process_window_guarded()
 
     def abort_step(self) -> None:
@@ -504,7 +524,8 @@ class StepRecorder:
             )
         self.steps_seen = int(state["steps_seen"])
         self._warmup_end = self.steps_seen + self.warmup_steps  # a new process is cold again
-        self.totals.load_state_dict(state)
+        self._totals.load_state_dict(state)
+        self._untallied = 0
         self._ring.clear()
         self._ring.extend(StepRecord(*row) for row in state["ring"])
         self._recent_times.clear()
@@ -521,13 +542,13 @@ class StepRecorder:
             return
         self._gc_pause_s += self.clock() - self._gc_t0
         self._gc_count += 1
-        self.totals.add_gc_generation(info.get("generation", 0))
+        self._totals.add_gc_generation(info.get("generation", 0))
 
     def _apply_device(self, resolved: list[tuple[int, float, list[float]]]) -> None:
         for index, step_s, phases in resolved:
             if index <= self._warmup_end:
                 continue
-            self.totals.add_device_step(step_s, phases)
+            self._totals.add_device_step(step_s, phases)
             self._dev_window.append((step_s, phases))
             del self._dev_window[: -self.window_steps]
 

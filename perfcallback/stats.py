@@ -232,23 +232,27 @@ def summarize(records: Sequence[StepRecord], **extra_fields: object) -> WindowSt
 
     ``extra_fields`` fill fields the records do not carry (recompiles, CUDA totals, ...).
     """
+    # Runs once per window between training steps: list comprehensions and one transpose of the
+    # phase lists (C loops), not a generator per figure.
     n = len(records)
     times = [r.step_s for r in records]
     total = sum(times)
-    phase_s = {name: sum(r.phases[i] for r in records) / n for i, name in enumerate(PHASE_NAMES)}
-    samples = sum(r.samples for r in records)
+    columns = zip(*[r.phases for r in records], strict=True)
+    phase_s = {name: sum(column) / n for name, column in zip(PHASE_NAMES, columns, strict=True)}
+    samples = sum([r.samples for r in records])
     rss = [r for r in records if r.rss_bytes > 0]
     cuda = [r for r in records if r.cuda is not None]
+    comm = [r.comm_s for r in records]
     fields: dict[str, object] = {
         "first_step": records[0].index,
         "last_step": records[-1].index,
         **step_time_fields(times),
         "phase_s": phase_s,
         "samples_per_s": samples / total if samples and total > 0 else None,
-        "gc_pause_s": sum(r.gc_pause_s for r in records) / n,
-        "gc_collections_per_step": sum(r.gc_collections for r in records) / n,
-        "comm_exposed_s": sum(r.comm_s for r in records) / n,
-        "comm_floor_s": percentile(sorted(r.comm_s for r in records), 25),
+        "gc_pause_s": sum([r.gc_pause_s for r in records]) / n,
+        "gc_collections_per_step": sum([r.gc_collections for r in records]) / n,
+        "comm_exposed_s": sum(comm) / n,
+        "comm_floor_s": percentile(sorted(comm), 25),
     }
     if rss:
         fields["host_rss_bytes"] = float(rss[-1].rss_bytes)

@@ -11,6 +11,7 @@ without a period, within the window.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from itertools import pairwise
@@ -38,13 +39,16 @@ class Spikes:
 
 
 def find_spikes(
-    times: Sequence[float], indices: Sequence[int], th: Mapping[str, float]
+    times: Sequence[float], indices: Sequence[int], th: Mapping[str, float],
+    ordered: Sequence[float] | None = None,
 ) -> Spikes:
-    """Locate spikes in ``times`` (steps ``indices``) and test them for a period."""
+    """Locate spikes in ``times`` (steps ``indices``) and test them for a period; ``ordered``:
+    ``times`` already sorted, when the caller has them."""
     ratio, min_s = get(th, "step_variance.spike_ratio"), get(th, "step_variance.spike_min_s")
     if not times:
         return Spikes(0.0, 0.0, (), 0.0)
-    ordered = sorted(times)  # the one O(n log n) pass over every retained step, in C
+    if ordered is None:
+        ordered = sorted(times)
     median = percentile(ordered, 50)
     floor = max(median * ratio, median + min_s)
     if ordered[-1] < floor:  # no spike: the common case skips the scan below
@@ -72,11 +76,50 @@ def window_spikes(stats: WindowStats, th: Mapping[str, float], *, recent: bool) 
         times = stats.recent_step_times_s
         if _last_recent is not None and _last_recent[0] is times and _last_recent[1] is th:
             return _last_recent[2]
-        spikes = find_spikes(times, stats.recent_step_indices, th)
+        ordered = _RETAINED.sorted_times(times, stats.recent_step_indices)
+        spikes = find_spikes(times, stats.recent_step_indices, th, ordered)
         _last_recent = (times, th, spikes)
         return spikes
     indices = range(stats.first_step, stats.first_step + len(stats.step_times_s))
     return find_spikes(stats.step_times_s, indices, th)
+
+
+class _SortedRetained:
+    """The retained step times in sorted order, carried from one window to the next.
+
+    Sorting every retained step (up to ``buffer_steps``, 1024 by default) each window was a third
+    of the window's cost, paid between training steps. From one window to the next the retained
+    steps slide: the oldest leave, one window's steps arrive. So the previous sorted list loses
+    the steps that left (a bisection each) and gains the new ones (a sort that merges two sorted
+    runs, in linear time). Anything else (another monitor's steps, a resumed run) sorts anew.
+    """
+
+    def __init__(self) -> None:
+        self._times: Sequence[float] = ()
+        self._indices: Sequence[int] = ()
+        self._sorted: list[float] = []
+        self.slides = 0  # windows whose order came from the last one's (tests read it)
+
+    def sorted_times(self, times: Sequence[float], indices: Sequence[int]) -> list[float]:
+        old_times, old_indices, ordered = self._times, self._indices, self._sorted
+        gone = bisect_left(old_indices, indices[0]) if old_indices else 0
+        kept = len(old_indices) - gone
+        if (not old_indices or kept <= 0 or kept > len(indices) or 2 * kept < len(indices)
+                or indices[kept - 1] != old_indices[-1] or indices[0] != old_indices[gone]
+                or times[0] != old_times[gone] or times[kept - 1] != old_times[-1]):
+            ordered = sorted(times)  # not a slide of the last window's steps
+        else:
+            ordered = ordered.copy()  # never change a list another caller may be reading
+            for value in old_times[:gone]:
+                del ordered[bisect_left(ordered, value)]
+            ordered += times[kept:]
+            ordered.sort()
+            self.slides += 1
+        self._times, self._indices, self._sorted = times, indices, ordered
+        return ordered
+
+
+_RETAINED = _SortedRetained()
 
 
 def _period(

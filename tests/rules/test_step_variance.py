@@ -114,3 +114,42 @@ def test_periodic_spikes_stop_being_reported_once_they_stop() -> None:
     indices = list(range(6, 406))
     recent = [BASE + (0.06 if i % 10 == 0 and i < 250 else 0.0) for i in indices]
     assert find_spikes(recent, indices, {}).period is None  # 15 of 40 beats missing
+
+
+def test_retained_steps_stay_sorted_as_windows_slide() -> None:
+    """The retained steps' sorted order is carried across windows (``_SortedRetained``): it must
+    equal a fresh sort in every window, as steps leave the ring, warm-up and resumed runs skip
+    indices, and a second recorder interleaves its windows with the first."""
+    import random
+
+    from perfcallback.recorder import StepRecorder
+    from perfcallback.rules import step_variance
+
+    rng = random.Random(3)
+    seen: list[tuple[tuple[float, ...], list[float]]] = []
+    original = step_variance._SortedRetained.sorted_times
+
+    def checked(self: object, times: tuple[float, ...], indices: tuple[int, ...]) -> list[float]:
+        ordered = original(self, times, indices)  # type: ignore[arg-type]
+        seen.append((times, ordered))
+        return ordered
+
+    step_variance._SortedRetained.sorted_times = checked  # type: ignore[method-assign]
+    slides = step_variance._RETAINED.slides
+    try:
+        now = [0.0]
+        recorders = [StepRecorder(warmup_steps=w, window_steps=10, buffer_steps=55, cuda=False,
+                                  clock=lambda: now[0]) for w in (3, 0)]
+        for step in range(400):
+            rec = recorders[step % 7 == 0]  # the second recorder now and then
+            rec.begin_step()
+            spike = 0.05 if step % 9 == 0 else 0.0
+            now[0] += BASE * rng.choice((1.0, 1.0, 1.01, 0.99)) + spike  # ties, too
+            rec.end_step()
+    finally:
+        step_variance._SortedRetained.sorted_times = original  # type: ignore[method-assign]
+    assert len(seen) > 30
+    for times, ordered in seen:
+        assert ordered == sorted(times)
+    # most windows slid from the last one of their own recorder; the interleaved ones sorted anew
+    assert len(seen) / 2 < step_variance._RETAINED.slides - slides < len(seen)
