@@ -207,26 +207,27 @@ class PhaseHooks:
         if _is_compiling() or _FORWARD in self._disabled:
             return
         try:
-            self._forward_done(output)
+            self._depth = max(0, self._depth - 1)
+            if self._depth:
+                return
+            self._rec.phase_end(FORWARD)
+            if self._by_call and self._confirmed >= _CONFIRM_STEPS:
+                return  # backward is timed at its call; no hook inside the engine needed
+            if self._rec.in_step and torch.is_grad_enabled():
+                self._hook_backward_start(output)
         except Exception as exc:  # fail open
             self._trip(_FORWARD, exc)
 
-    def _forward_done(self, output: Any) -> None:
-        self._depth = max(0, self._depth - 1)
-        if self._depth:
-            return
-        self._rec.phase_end(FORWARD)
-        if self._by_call and self._confirmed >= _CONFIRM_STEPS:
-            return  # backward is timed at its call; no hook inside the engine needed
-        if self._rec.in_step and torch.is_grad_enabled():
-            # most models return one tensor: skip the generic search for it
-            tensor = output if type(output) is torch.Tensor else _first_grad_tensor(output)
-            node = tensor.grad_fn if tensor is not None else None
-            if node is not None:  # a pre-hook on its autograd node: cheaper than a tensor hook
-                node.register_prehook(self._on_grad_node)
-            elif tensor is not None and tensor.requires_grad:  # a leaf: the model returned a
-                # parameter
-                tensor.register_hook(self._on_grad)  # type: ignore[no-untyped-call]
+    def _hook_backward_start(self, output: Any) -> None:
+        """A gradient hook where backward reaches the model's output: backward starts there."""
+        # most models return one tensor: skip the generic search for it
+        tensor = output if type(output) is torch.Tensor else _first_grad_tensor(output)
+        node = tensor.grad_fn if tensor is not None else None
+        if node is not None:  # a pre-hook on its autograd node: cheaper than a tensor hook
+            node.register_prehook(self._on_grad_node)
+        elif tensor is not None and tensor.requires_grad:  # a leaf: the model returned a
+            # parameter
+            tensor.register_hook(self._on_grad)  # type: ignore[no-untyped-call]
 
     def _grad_node_hook(self, grad_outputs: Any) -> None:
         self._grad_hook(None)
@@ -256,7 +257,7 @@ class PhaseHooks:
                 or _is_compiling() or threading.get_ident() != self._thread):
             return False
         try:
-            if not self._rec.in_step:
+            if not self._rec._in_step:
                 return False
             self._in_call = True
             self._rec.phase_start(BACKWARD)
