@@ -40,9 +40,17 @@ _RECORDER = "recorder"  # fail-open component name of the loop's calls into the 
 
 
 def batch_size_of(batch: Any) -> int:
-    """Leading dimension of the first tensor in ``batch`` (tensor, sequence, mapping), else 0."""
+    """Leading dimension of the first tensor in ``batch`` (tensor, sequence, mapping), else 0.
+
+    Called for every batch: the usual ``(x, y)`` tuple and plain tensor are told by their exact
+    type first, because ``isinstance(x, torch.Tensor)`` runs a Python ``__instancecheck__``.
+    """
     for _ in range(3):  # look at most three levels deep: cheap, and covers (x, y) and {"x": ...}
-        if isinstance(batch, torch.Tensor):
+        kind = type(batch)
+        if kind is tuple and batch:
+            batch = batch[0]
+            continue
+        if kind is torch.Tensor or isinstance(batch, torch.Tensor):
             return int(batch.shape[0]) if batch.dim() else 0
         if isinstance(batch, (list, tuple)) and batch:
             batch = batch[0]

@@ -367,7 +367,8 @@ class StepRecorder:
         self._in_step = False
         acc = self._acc
         step_s = t - self._step_t0
-        acc[OTHER] = max(0.0, step_s - acc[0] - acc[1] - acc[2] - acc[3])
+        other = step_s - acc[0] - acc[1] - acc[2] - acc[3]
+        acc[OTHER] = other if other > 0.0 else 0.0
         self.steps_seen += 1
         index = self.steps_seen
         samples, gc_pause, gc_count = self._pending_samples, self._gc_pause_s, self._gc_count
@@ -410,6 +411,8 @@ class StepRecorder:
         if (self._totals.steps + self._untallied) % self.window_steps == 0:
             self._tally()  # at most a window's steps wait, all still in the ring
             self._process_window_guarded()
+        elif self._untallied == self._ring.maxlen:  # window_steps was set beyond the ring
+            self._tally()
 
     def abort_step(self) -> None:
         """Drop the current step (the user's code raised inside it)."""

@@ -123,6 +123,31 @@ def test_ring_buffer_is_bounded() -> None:
     assert rec.report().steps == 1000
 
 
+def test_totals_count_every_step_whenever_they_are_read() -> None:
+    """Totals are added per window from the ring (the hot path keeps a counter): a report read
+    mid-window, a window longer than the ring, and a resumed run all count every step once."""
+    clock = FakeClock()
+    rec = StepRecorder(warmup_steps=0, window_steps=10, buffer_steps=50, clock=clock, cuda=False)
+    for n in range(1, 38):
+        run_step(rec, clock, fwd=0.001 * (n % 3), opt=0.002)
+        if n in (3, 17, 30):
+            assert rec.report().steps == n
+    rec.window_steps = 500  # set beyond the ring after construction: no step may be lost
+    for _ in range(163):
+        run_step(rec, clock, fwd=0.001, opt=0.002)
+    report = rec.report()
+    assert report.steps == 200
+    assert report.breakdown["optimizer"] == pytest.approx(0.002)
+    forward_ms = sum(n % 3 for n in range(1, 38)) + 163
+    assert report.breakdown["forward"] == pytest.approx(forward_ms / 200 * 1e-3)
+    resumed = StepRecorder(warmup_steps=0, window_steps=10, buffer_steps=50, clock=clock,
+                           cuda=False)
+    resumed.load_state_dict(rec.state_dict())
+    for _ in range(5):
+        run_step(resumed, clock, opt=0.002)
+    assert resumed.report().steps == 205
+
+
 class _Collect(Sink):
     def __init__(self) -> None:
         self.windows: list[WindowStats] = []
