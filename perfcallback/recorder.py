@@ -85,6 +85,22 @@ class StepRecorder:
         clock: Host clock in seconds; injectable for exact tests.
     """
 
+    # Slots, not an instance dict: the recorder has more attributes than CPython's key-sharing
+    # dicts hold (30), so without them every attribute read on the hot path is a hash lookup in a
+    # dict of its own, cold in the cache after each training step.
+    __slots__ = (
+        "_acc", "_active", "_closed", "_compile", "_cuda", "_cuda_retries_at_window",
+        "_cuda_snapshot", "_data_t0", "_dev_window", "_fetch_t0", "_flop_step", "_gc_callback",
+        "_gc_count", "_gc_installed", "_gc_pause_s", "_gc_t0", "_in_step", "_pending_data_s",
+        "_pending_samples", "_poll_device", "_process_window_guarded", "_profiler_step",
+        "_read_rss", "_recent_indices", "_recent_times", "_ring", "_rss", "_seen", "_stack",
+        "_step_t0", "_sync_s", "_sync_t0", "_t_mark", "_totals", "_trace_age", "_untallied",
+        "_val_t0", "_warmup_end", "autocast_pending", "clock", "comm_sources", "context",
+        "device", "failopen", "flop_counter", "last_profiled_step", "pipeline", "probes",
+        "profiled_steps", "profiler", "steps_seen", "trace_figures", "warmup_steps",
+        "window_sources", "window_steps",
+    )
+
     def __init__(
         self,
         *,
