@@ -146,7 +146,14 @@ def run() -> NoReturn:
     Freeing every module and object at exit costs ~5 ms, a tenth of ``analyze`` on a small
     trace, and this process has nothing left to finalise: no files open for writing, no exit
     handlers of its own, only daemon threads. Output is flushed first.
+
+    Also the place for choices that are the whole process's to make, not a library's (so not
+    :func:`main`'s, which tests and other programs call in their own process): msgspec is
+    imported without what it does not need (:func:`~perfcallback.trace.parse.lean_msgspec_import`).
     """
+    from perfcallback.trace.parse import lean_msgspec_import
+
+    lean_msgspec_import()
     status = main()
     try:
         sys.stdout.flush()
@@ -170,16 +177,14 @@ def _err(line: str) -> None:
 
 def _load(path: str, args: argparse.Namespace, *, operators: bool = False) -> Any:
     from perfcallback.trace import analyze_path
-    from perfcallback.trace.parse import MIB, TraceLimits, lean_msgspec_import
+    from perfcallback.trace.parse import MIB, TraceLimits
 
     limits = TraceLimits() if args.max_trace_mb is None else TraceLimits(
         max_bytes=args.max_trace_mb * MIB)
     # A gzip trace inflates on a thread (perfcallback.trace.parse._Inflater) while this one
     # decodes; at the default 5 ms switch interval that thread waits for the GIL after each zlib
-    # call and the two run nearly in turn. This process is ours: hand the GIL over sooner, and
-    # import msgspec without what it does not need.
+    # call and the two run nearly in turn. Hand the GIL over sooner while loading (restored after).
     interval = sys.getswitchinterval()
-    lean_msgspec_import()
     sys.setswitchinterval(1e-4)
     try:
         analysis = analyze_path(path, steps=args.steps, skip_bad=args.skip_bad,

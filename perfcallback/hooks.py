@@ -191,8 +191,9 @@ class PhaseHooks:
     # fail-open guard is inline (a try, and a check that its component is still on) rather than a
     # FailOpen.guard wrapper: a Python call between two training steps costs about a microsecond.
     def _fwd_pre(self, module: torch.nn.Module, args: Any) -> None:
-        if _is_compiling() or _FORWARD in self._disabled:  # traced by an in-place
-            return  # model.compile(): stay out of the graph
+        # traced by an in-place model.compile(): stay out of the graph
+        if _is_compiling() or _FORWARD in self._disabled:
+            return
         try:
             self._depth += 1
             if self._depth == 1:

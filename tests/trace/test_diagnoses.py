@@ -151,13 +151,19 @@ def test_small_traces_skip_the_msgspec_import_large_ones_use_it() -> None:
     with msgspec, ``typing_extensions`` and :mod:`inspect` (parse.lean_msgspec_import)."""
     small = DATA / "two_ranks_late_allreduce"
     large = Path(__file__).resolve().parents[1] / "data" / "shared" / "hta" / "nccl_parser_config"
-    code = ("import sys\n"
-            "from perfcallback.cli import main\n"
-            "main(['analyze', sys.argv[1]])\n"
-            "print(sorted({'msgspec', 'perfcallback.ranks', 'perfcallback.trace.diff',"
+    # The command's own entry point (cli.run), which ends in os._exit: list the modules there.
+    code = ("import os, sys\n"
+            "real_exit = os._exit\n"
+            "def listed(status):\n"
+            "    print(sorted({'msgspec', 'perfcallback.ranks', 'perfcallback.trace.diff',"
             " 'dataclasses', 'shutil', 'hashlib', 'perfcallback.trace.operators',"
-            " 'typing_extensions', 'inspect'}"
-            " & set(sys.modules)), file=sys.stderr)\n")
+            " 'typing_extensions', 'inspect'} & set(sys.modules)), file=sys.stderr)\n"
+            "    sys.stderr.flush()\n"
+            "    real_exit(status)\n"
+            "os._exit = listed\n"
+            "sys.argv = ['perfcallback', 'analyze', sys.argv[1]]\n"
+            "from perfcallback.cli import run\n"
+            "run()\n")
     fast = "['msgspec']" if importlib.util.find_spec("msgspec") else "[]"  # the `trace` extra
     for path, expected in ((small, "[]"), (large, fast)):
         proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
