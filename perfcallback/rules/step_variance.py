@@ -95,13 +95,12 @@ class _SortedRetained:
     """
 
     def __init__(self) -> None:
-        self._times: Sequence[float] = ()
-        self._indices: Sequence[int] = ()
-        self._sorted: list[float] = []
+        # one tuple, read and replaced whole: monitors in two threads never see a mixed state
+        self._last: tuple[Sequence[float], Sequence[int], list[float]] = ((), (), [])
         self.slides = 0  # windows whose order came from the last one's (tests read it)
 
     def sorted_times(self, times: Sequence[float], indices: Sequence[int]) -> list[float]:
-        old_times, old_indices, ordered = self._times, self._indices, self._sorted
+        old_times, old_indices, ordered = self._last
         gone = bisect_left(old_indices, indices[0]) if old_indices else 0
         kept = len(old_indices) - gone
         if (not old_indices or kept <= 0 or kept > len(indices) or 2 * kept < len(indices)
@@ -115,7 +114,7 @@ class _SortedRetained:
             ordered += times[kept:]
             ordered.sort()
             self.slides += 1
-        self._times, self._indices, self._sorted = times, indices, ordered
+        self._last = (times, indices, ordered)
         return ordered
 
 
