@@ -2,9 +2,9 @@
 
 Host RSS comes from ``/proc/self/statm`` read with ``os.pread`` on a descriptor kept open, about
 1-2 microseconds a read on Linux alone, but a syscall slows the training step after it, so the
-recorder reads it every few steps (``recorder._RSS_EVERY``); elsewhere ``psutil`` is used when
-installed, else RSS is not measured. CUDA figures come from one ``torch.cuda.memory_stats()`` call
-(it builds a dict of a few hundred entries, tens of microseconds), so the recorder samples it
+recorder reads it once per window (see ``recorder._RSS_FIT_WINDOWS``); elsewhere ``psutil`` is used
+when installed, else RSS is not measured. CUDA figures come from one ``torch.cuda.memory_stats()``
+call (it builds a dict of a few hundred entries, tens of microseconds), so the recorder samples it
 every few steps, not every step.
 """
 

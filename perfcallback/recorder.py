@@ -58,10 +58,11 @@ logger = logging.getLogger("perfcallback")
 _N_PHASES = len(PHASE_NAMES)
 _STEP_S, _INDEX = operator.attrgetter("step_s"), operator.attrgetter("index")
 _CUDA_MEMORY_EVERY = 5  # steps between allocator snapshots (memory_stats() costs tens of us)
-# Steps between host RSS reads. The read is a syscall of ~1 us alone, but inside a training loop
-# it cost ~16 us a step (benchmarks/overhead.py, ablated): the loop's own work runs slower after
-# it. Every 4th step keeps 6 samples a window for the leak rule's straight-line fit.
-_RSS_EVERY = 4
+# Host RSS is read once per window, on its last step (and once as warm-up ends). The read is a
+# syscall of ~1 us alone, but inside a near-empty training loop it cost ~13 us (benchmarks/
+# overhead.py, ablated): the loop's own work runs slower after it. So the leak rule's straight
+# line is fitted over the samples of the last few windows, not over the steps of one.
+_RSS_FIT_WINDOWS = 8
 _STATE_VERSION = 1  # bump when state_dict() changes shape
 # A capture's kernel-level figures describe the steps it profiled (perturbed by the profiler):
 # they join this many windows after it, then age out, so a finding they raise can resolve.
@@ -93,7 +94,7 @@ class StepRecorder:
         "_cuda_snapshot", "_data_t0", "_dev_window", "_fetch_t0", "_flop_step", "_gc_callback",
         "_gc_count", "_gc_installed", "_gc_pause_s", "_gc_t0", "_in_step", "_pending_data_s",
         "_pending_samples", "_poll_device", "_process_window_guarded", "_profiler_step",
-        "_read_rss", "_recent_indices", "_recent_times", "_ring", "_rss", "_seen", "_stack",
+        "_retained", "_ring", "_rss", "_rss_samples", "_sample_rss", "_seen", "_stack",
         "_step_t0", "_sync_s", "_sync_t0", "_t_mark", "_totals", "_trace_age", "_untallied",
         "_val_t0", "_warmup_end", "autocast_pending", "clock", "comm_sources", "context",
         "device", "failopen", "flop_counter", "last_profiled_step", "pipeline", "probes",
@@ -153,7 +154,8 @@ class StepRecorder:
         )
         self._ring: deque[StepRecord] = deque(maxlen=buffer_steps)
         self._rss = HostRSS()
-        self._read_rss: Callable[[], int | None] = self.failopen.guard("host_rss", self._host_rss)
+        self._rss_samples: deque[tuple[int, int]] = deque(maxlen=_RSS_FIT_WINDOWS)  # (step, bytes)
+        self._sample_rss: Callable[[], None] = self.failopen.guard("host_rss", self._read_rss)
         use_cuda = torch.cuda.is_available() if cuda is None else cuda
         # No CUDA call here (is_available() aside): device facts are read at the first window,
         # so a fork-based launcher finds CUDA uninitialised in the parent process.
@@ -163,8 +165,8 @@ class StepRecorder:
         self._poll_device = self.failopen.guard("cuda_timer", self._poll_device_times)
         self._process_window_guarded = self.failopen.guard("window", self._process_window)
         self._cuda_snapshot = self.failopen.guard("cuda_memory", self._cuda_memory)
-        self._recent_times: deque[float] = deque(maxlen=buffer_steps)  # parallel to the ring:
-        self._recent_indices: deque[int] = deque(maxlen=buffer_steps)  # cheap to copy per window
+        # (steps appended, times, indices) of the ring as last summarised: see _retained_steps()
+        self._retained: tuple[int, tuple[float, ...], tuple[int, ...]] = (-1, (), ())
         # torch.compile counters, read once per window; autocast sampled in one forward per window
         self._compile = CompileProbe(max_marks=buffer_steps // window_steps + 2)
         if warmup_steps == 0:
@@ -410,22 +412,21 @@ class StepRecorder:
         if index <= self._warmup_end or profiled:
             if index == self._warmup_end:  # compile counters as warm-up ends: later = recompiles
                 self.failopen.guard("compile_counters", self._compile.mark)(index)
+                self._sample_rss()  # the leak fit's first point, a window before the next
             return
         cuda = None
         if self._cuda is not None and index % _CUDA_MEMORY_EVERY == 0:
             cuda = self._cuda_snapshot()
-        rss = (self._read_rss() or 0) if index % _RSS_EVERY == 0 else 0  # 0: not sampled
         sync = self._sync_s
-        self._ring.append(
-            StepRecord(index, step_s, acc.copy(), samples, rss, gc_pause, gc_count, t, cuda, sync)
+        self._ring.append(  # rss_bytes 0: not sampled (see _read_rss)
+            StepRecord(index, step_s, acc.copy(), samples, 0, gc_pause, gc_count, t, cuda, sync)
         )
-        self._recent_times.append(step_s)
-        self._recent_indices.append(index)
         self._untallied += 1  # added to the totals in a batch, on read (see totals)
         if self._cuda is not None:
             self._poll_device()
         if (self._totals.steps + self._untallied) % self.window_steps == 0:
             self._tally()  # at most a window's steps wait, all still in the ring
+            self._sample_rss()
             self._process_window_guarded()
         elif self._untallied == self._ring.maxlen:  # window_steps was set beyond the ring
             self._tally()
@@ -547,13 +548,18 @@ class StepRecorder:
         self._untallied = 0
         self._ring.clear()
         self._ring.extend(StepRecord(*row) for row in state["ring"])
-        self._recent_times.clear()
-        self._recent_indices.clear()
-        self._recent_times.extend(r.step_s for r in self._ring)
-        self._recent_indices.extend(r.index for r in self._ring)
+        self._retained = (-1, (), ())
+        self._rss_samples.clear()
+        self._rss_samples.extend((r.index, r.rss_bytes) for r in self._ring if r.rss_bytes > 0)
 
-    def _host_rss(self) -> int:
-        return self._rss.read()
+    def _read_rss(self) -> None:
+        """Sample host RSS for the step that just ended (the newest in the ring, if measured)."""
+        rss = self._rss.read()
+        if rss <= 0:
+            return
+        if self._ring and self._ring[-1].index == self.steps_seen:
+            self._ring[-1].rss_bytes = rss
+        self._rss_samples.append((self.steps_seen, rss))
 
     def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
@@ -601,8 +607,9 @@ class StepRecorder:
             "compile_counters", self._compile.fields, records[0].index, self.context
         )
         extra.update(compile_fields or {})
-        extra["recent_step_times_s"] = tuple(self._recent_times)
-        extra["recent_step_indices"] = tuple(self._recent_indices)
+        extra["recent_step_times_s"], extra["recent_step_indices"] = self._retained_steps()
+        if n <= self.window_steps * _RSS_FIT_WINDOWS:  # a live window: fit over recent windows
+            extra["rss_samples"] = tuple(self._rss_samples)
         joined = self._joined_figures(sum(map(_STEP_S, records)) / len(records))
         if joined:
             extra["extra"] = joined
@@ -610,6 +617,26 @@ class StepRecorder:
             extra.update(self.failopen.call("window_source", source) or {})
         self.context.float32_matmul_precision = torch.get_float32_matmul_precision()
         return summarize(records, **extra)
+
+    def _retained_steps(self) -> tuple[tuple[float, ...], tuple[int, ...]]:
+        """Wall time and index of every step in the ring, oldest first.
+
+        Kept from the last call and extended by the steps appended since, rather than copied from
+        the ring whole (2 x 1024 values) every window.
+        """
+        appended = self._totals.steps + self._untallied  # steps ever appended to the ring
+        done, times, indices = self._retained
+        ring = self._ring
+        new = appended - done
+        if done < 0 or not 0 <= new <= len(ring):  # first use, or after load_state_dict()
+            times, indices = tuple([r.step_s for r in ring]), tuple([r.index for r in ring])
+        elif new:
+            fresh = [ring[i] for i in range(-new, 0)]
+            keep = len(ring)
+            times = (times + tuple([r.step_s for r in fresh]))[-keep:]
+            indices = (indices + tuple([r.index for r in fresh]))[-keep:]
+        self._retained = (appended, times, indices)
+        return times, indices
 
     def _process_window(self) -> None:
         self._sample_probes()
@@ -736,13 +763,18 @@ class StepRecorder:
         out: dict[str, float] = {}
         if stats is None:
             return out
-        if stats.host_rss_bytes is not None:
-            out["host_rss_bytes"] = stats.host_rss_bytes
-            rss = [r for r in self._ring if r.rss_bytes > 0]
-            out["host_rss_peak_bytes"] = float(max(r.rss_bytes for r in rss))
-            trend = slope([float(r.index) for r in rss], [float(r.rss_bytes) for r in rss])
+        rss = [(r.index, r.rss_bytes) for r in self._ring if r.rss_bytes > 0]
+        rss = rss or list(self._rss_samples)  # or only the sample taken as warm-up ended
+        if rss:
+            out["host_rss_bytes"] = float(rss[-1][1])
+            out["host_rss_peak_bytes"] = float(max(b for _, b in rss))
+            trend = slope([float(i) for i, _ in rss], [float(b) for _, b in rss])
             if trend is not None:
                 out["host_rss_slope_bytes_per_step"] = trend
+        else:  # a run shorter than a window: no sample yet, so read it now
+            now = self.failopen.call("host_rss", self._rss.read)
+            if now:
+                out["host_rss_bytes"] = out["host_rss_peak_bytes"] = float(now)
         for name in (
             "cuda_allocated_bytes",
             "cuda_reserved_bytes",

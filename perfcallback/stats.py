@@ -81,9 +81,11 @@ class WindowStats:
     phase_s: dict[str, float]
     steps_per_s: float
     samples_per_s: float | None = None
+    # Host RSS at the window's end, and its trend: a straight line's slope and r2 (how well it
+    # fits, 0..1) over the samples of the last few windows (one per window; see recorder.py).
     host_rss_bytes: float | None = None
     host_rss_slope_bytes_per_step: float | None = None
-    host_rss_r2: float | None = None  # how well a straight line fits RSS over the steps (0..1)
+    host_rss_r2: float | None = None
     gc_pause_s: float = 0.0
     gc_collections_per_step: float = 0.0
     # Mean wait per step for gradient synchronisation at the end of backward (DDP's reducer, FSDP),
@@ -227,10 +229,16 @@ def step_time_fields(times: Sequence[float]) -> dict[str, object]:
     }
 
 
-def summarize(records: Sequence[StepRecord], **extra_fields: object) -> WindowStats:
+def summarize(
+    records: Sequence[StepRecord],
+    rss_samples: Sequence[tuple[int, int]] | None = None,
+    **extra_fields: object,
+) -> WindowStats:
     """Summarise ``records`` (oldest first, at least one) into a :class:`WindowStats`.
 
-    ``extra_fields`` fill fields the records do not carry (recompiles, CUDA totals, ...).
+    ``rss_samples``: the ``(step, bytes)`` host RSS samples to fit the RSS trend over (the
+    recorder's last few windows); by default, those the records carry. ``extra_fields`` fill
+    fields the records do not carry (recompiles, CUDA totals, ...).
     """
     # Runs once per window between training steps: list comprehensions and one transpose of the
     # phase lists (C loops), not a generator per figure.
@@ -240,8 +248,6 @@ def summarize(records: Sequence[StepRecord], **extra_fields: object) -> WindowSt
     columns = zip(*[r.phases for r in records], strict=True)
     phase_s = {name: sum(column) / n for name, column in zip(PHASE_NAMES, columns, strict=True)}
     samples = sum([r.samples for r in records])
-    rss = [r for r in records if r.rss_bytes > 0]
-    cuda = [r for r in records if r.cuda is not None]
     comm = [r.comm_s for r in records]
     fields: dict[str, object] = {
         "first_step": records[0].index,
@@ -252,12 +258,15 @@ def summarize(records: Sequence[StepRecord], **extra_fields: object) -> WindowSt
         "gc_pause_s": sum([r.gc_pause_s for r in records]) / n,
         "gc_collections_per_step": sum([r.gc_collections for r in records]) / n,
         "comm_exposed_s": sum(comm) / n,
-        "comm_floor_s": percentile(sorted(comm), 25),
+        "comm_floor_s": percentile(sorted(comm), 25) if any(comm) else 0.0,
     }
-    if rss:
-        fields["host_rss_bytes"] = float(rss[-1].rss_bytes)
-        xs, ys = [float(r.index) for r in rss], [float(r.rss_bytes) for r in rss]
+    if rss_samples is None:
+        rss_samples = [(r.index, r.rss_bytes) for r in records if r.rss_bytes > 0]
+    if rss_samples:
+        fields["host_rss_bytes"] = float(rss_samples[-1][1])
+        xs, ys = [float(i) for i, _ in rss_samples], [float(b) for _, b in rss_samples]
         fields["host_rss_slope_bytes_per_step"], fields["host_rss_r2"] = linear_fit(xs, ys)
+    cuda = [r for r in records if r.cuda is not None]
     if cuda:
         last = cuda[-1].cuda or {}
         fields["cuda_allocated_bytes"] = last.get("allocated_bytes")

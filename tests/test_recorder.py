@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import gc
+import mmap
 
 import pytest
 
+from perfcallback.memory import HostRSS
 from perfcallback.recorder import StepRecorder
 from perfcallback.rules import _REGISTRY, Finding, rule
 from perfcallback.sinks import Sink
@@ -279,6 +281,94 @@ def test_host_rss_is_measured() -> None:
     for _ in range(5):
         run_step(rec, clock, fwd=0.001)
     assert rec.report().memory["host_rss_bytes"] > 10 * 2**20
+
+
+class _CountingRSS(HostRSS):
+    """The real ``/proc/self/statm`` reader, counting its reads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    def read(self) -> int:
+        self.reads += 1
+        return super().read()
+
+
+def test_host_rss_is_read_once_per_window_and_its_trend_spans_windows() -> None:
+    """A read is a syscall, which slows the training step after it: one per window (and one as
+    warm-up ends), and the window's RSS line is fitted over the last windows' samples."""
+    clock, sink = FakeClock(), _Collect()
+    rec = StepRecorder(warmup_steps=3, window_steps=10, sinks=[sink], clock=clock, cuda=False)
+    rec._rss = rss = _CountingRSS()
+    kept = []
+    planted = 512 * 1024
+    for _ in range(3 + 10 * 12):
+        run_step(rec, clock, fwd=0.001)
+        page = mmap.mmap(-1, planted)  # its own mapping: the allocator's free memory from
+        page.write(b"\x01" * planted)  # earlier tests cannot absorb it; written, so resident
+        kept.append(page)
+    assert rss.reads == 1 + 12
+    assert [r.index for r in rec._ring if r.rss_bytes] == [3 + 10 * k for k in range(1, 13)]
+    assert sink.windows[0].host_rss_slope_bytes_per_step is None  # two samples: no line yet
+    for stats in sink.windows[1:]:  # from the third sample on, one line over up to 8 windows
+        assert planted * 0.8 <= stats.host_rss_slope_bytes_per_step <= planted * 1.5
+        assert stats.host_rss_r2 > 0.9
+    memory = rec.report().memory
+    assert rss.reads == 1 + 12  # the report reads the samples, not /proc
+    assert memory["host_rss_bytes"] == sink.windows[-1].host_rss_bytes
+    assert memory["host_rss_peak_bytes"] >= memory["host_rss_bytes"]
+    for page in kept:
+        page.close()
+
+
+class _CheckRetained(Sink):
+    """Compares each window's retained step times and indices with the ring they come from."""
+
+    def __init__(self) -> None:
+        self.rec: StepRecorder | None = None
+        self.checked = 0
+        self.mismatches: list[int] = []
+
+    def on_window(self, stats: WindowStats) -> None:
+        assert self.rec is not None
+        ring = self.rec._ring
+        if (stats.recent_step_times_s != tuple(r.step_s for r in ring)
+                or stats.recent_step_indices != tuple(r.index for r in ring)):
+            self.mismatches.append(stats.last_step)
+        self.checked += 1
+
+
+def test_retained_steps_match_the_ring_in_every_window() -> None:
+    """The retained times are extended window by window, not copied from the ring: they must
+    still equal the ring through eviction, mid-window reports, an enlarged window and a resume."""
+    clock = FakeClock()
+
+    def recorder(check: _CheckRetained) -> StepRecorder:
+        rec = StepRecorder(warmup_steps=2, window_steps=7, buffer_steps=30, sinks=[check],
+                           clock=clock, cuda=False)
+        check.rec = rec
+        return rec
+
+    check = _CheckRetained()
+    rec = recorder(check)
+    for n in range(80):
+        run_step(rec, clock, fwd=0.001 * (1 + n % 5), opt=0.0001 * n)
+        if n in (10, 41):
+            rec.report()  # summarises the whole ring between windows
+    rec.window_steps = 45  # beyond the ring: a window's new steps outnumber the retained ones
+    before = check.checked
+    for n in range(100):
+        run_step(rec, clock, fwd=0.002 * (1 + n % 3))
+    assert check.checked == before + 2
+    resumed_check = _CheckRetained()
+    resumed = recorder(resumed_check)
+    resumed.load_state_dict(rec.state_dict())
+    for n in range(30):
+        run_step(resumed, clock, fwd=0.003 * (1 + n % 4))
+    assert check.checked >= 12 and resumed_check.checked >= 3
+    assert check.mismatches == [] and resumed_check.mismatches == []
+    assert rec.failopen.disabled == {} and resumed.failopen.disabled == {}
 
 
 @pytest.mark.parametrize(

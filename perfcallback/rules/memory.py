@@ -1,9 +1,9 @@
 """Memory rules: host RSS growing step after step, and CUDA allocator pressure.
 
-Host RSS is read every step (``/proc/self/statm``); its least-squares slope and the line's r² over
-the window separate a steady leak from a one-off allocation. The CUDA rules read the allocator
-snapshot the recorder takes every few steps (allocated/reserved/peak, ``num_alloc_retries``), so
-they only fire where those figures exist: on a CUDA run.
+Host RSS is read once per window (``/proc/self/statm``); its least-squares slope and the line's r²
+over the last windows' samples separate a steady leak from a one-off allocation. The CUDA rules
+read the allocator snapshot the recorder takes every few steps (allocated/reserved/peak,
+``num_alloc_retries``), so they only fire where those figures exist: on a CUDA run.
 """
 
 from __future__ import annotations
