@@ -22,10 +22,13 @@ Every callback runs behind the recorder's fail-open guard; handles are kept and 
 
 Under ``torch.compile``: ``torch.compile(model)`` wraps the module, so the hooks run outside the
 compiled frame. An in-place ``model.compile()`` compiles ``_call_impl`` itself, hooks included;
-there the module hooks are marked ``torch._dynamo.disable`` (when dynamo is loaded, i.e. whenever
-anything was compiled before the hooks went in), which dynamo runs eagerly with no graph break,
-and otherwise return at once while dynamo traces them (``torch.compiler.is_compiling()``), so the
-monitor never adds a graph break of its own.
+there the forward hooks are marked ``torch._dynamo.disable``, which dynamo runs eagerly with no
+graph break, so forward is still timed. They are marked only there: the mark costs a few
+microseconds a step, and inside a compiled function that calls the model
+(``torch.compile(train_step)``) it would be a graph break. Everywhere else the hooks return at
+once while dynamo traces them (``torch.compiler.is_compiling()``), so the monitor never adds a
+graph break of its own. A model compiled in place after the hooks went in is noticed at the next
+backward call (or window), where the hooks are marked anew.
 """
 
 from __future__ import annotations
@@ -118,6 +121,9 @@ class PhaseHooks:
     ) -> None:
         self._rec = recorder
         self._handles: list[RemovableHandle] = []
+        self._fwd_handles: list[RemovableHandle] = []
+        self._fwd_marked = False  # forward hooks marked for dynamo (an in-place compiled model)
+        self._fwd_ran = True  # the forward pre-hook ran eagerly since the last backward call
         self._shadowed: list[tuple[object, str]] = []  # instance attributes to delete at remove()
         self._depth = 0
         self._in_backward = False
@@ -131,6 +137,8 @@ class PhaseHooks:
         self._on_grad: Callable[[torch.Tensor], None] = guard("backward_hook", self._grad_hook)
         self._on_grad_node: Callable[[Any], None] = guard("backward_hook", self._grad_node_hook)
         self._end_backward: Callable[[], None] = guard("backward_hook", self._backward_done)
+        self._check_compile_guarded: Callable[[], dict[str, Any]] = guard(
+            "forward_hook", self._check_compile)
         self._sync = (GradSyncProbe(recorder, guard, then=self._backward_done)
                       if times_grad_sync(recorder) else None)
         self._by_call = model is not None and self._sync is None
@@ -141,13 +149,39 @@ class PhaseHooks:
 
     def _install_model(self, model: torch.nn.Module, guard: Any) -> None:
         self._model_ref = weakref.ref(model)
-        self._handles.append(model.register_forward_pre_hook(_skipped_by_dynamo(self._fwd_pre)))
-        self._handles.append(
-            model.register_forward_hook(_skipped_by_dynamo(self._fwd_post), always_call=True)
-        )
+        self._register_forward_hooks(model)
         self._install_fsdp(model)
         if self._by_call:
             _listen(self)
+        self._rec.window_sources.append(self._check_compile_guarded)
+
+    def _register_forward_hooks(self, model: torch.nn.Module) -> None:
+        """(Re-)register the forward hooks, marked for dynamo if ``model`` is compiled in place."""
+        for handle in self._fwd_handles:
+            handle.remove()
+            self._handles.remove(handle)
+        pre: Callable[..., Any] = self._fwd_pre
+        post: Callable[..., Any] = self._fwd_post
+        # Marked for dynamo to run eagerly (no graph break). Importing dynamo costs seconds: while
+        # it is not loaded, the hooks rely on their _is_compiling() early return.
+        dynamo = sys.modules.get("torch._dynamo")
+        self._fwd_marked = dynamo is not None and _compiled_in_place(model)
+        if dynamo is not None and self._fwd_marked:
+            pre, post = dynamo.disable(pre), dynamo.disable(post)
+        self._fwd_handles = [model.register_forward_pre_hook(pre),
+                             model.register_forward_hook(post, always_call=True)]
+        self._handles += self._fwd_handles
+
+    def _check_compile(self) -> dict[str, Any]:
+        """Mark the forward hooks for dynamo if the model was compiled in place since.
+
+        Also a window source (with no figures of its own), so that the check runs once per
+        window on paths where no backward call comes through :meth:`call_begins`.
+        """
+        model = self._model_ref()
+        if not self._fwd_marked and model is not None and _compiled_in_place(model):
+            self._register_forward_hooks(model)
+        return {}
 
     def _install_fsdp(self, model: torch.nn.Module) -> None:
         """FSDP2 (``fully_shard``): backward starts at the first FSDP pre-backward hook.
@@ -182,6 +216,9 @@ class PhaseHooks:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        self._fwd_handles.clear()
+        if self._check_compile_guarded in self._rec.window_sources:
+            self._rec.window_sources.remove(self._check_compile_guarded)
         for obj, name in self._shadowed:
             vars(obj).pop(name, None)
         self._shadowed.clear()
@@ -197,6 +234,7 @@ class PhaseHooks:
         try:
             self._depth += 1
             if self._depth == 1:
+                self._fwd_ran = True
                 rec = self._rec
                 rec.phase_start(FORWARD)
                 if rec.autocast_pending:  # once per window, where the user's autocast is in force
@@ -254,6 +292,9 @@ class PhaseHooks:
     def call_begins(self) -> bool:
         """A ``torch.autograd.backward`` call starts; ``True`` if this monitor times it (never
         while dynamo traces the call: a compiled step keeps no clock of ours in its graph)."""
+        if not self._fwd_ran and not self._fwd_marked:  # forward ran traced? (see _check_compile)
+            self._check_compile_guarded()
+        self._fwd_ran = False
         if (not self._by_call or self._in_call or self._in_backward or _BACKWARD in self._disabled
                 or _is_compiling() or threading.get_ident() != self._thread):
             return False
@@ -291,7 +332,11 @@ class PhaseHooks:
 
 
 _FORWARD, _BACKWARD, _OPTIMIZER = "forward_hook", "backward_hook", "optimizer_hook"  # components
-_is_compiling: Callable[[], bool] = torch.compiler.is_compiling
+# True only while dynamo traces the caller (it folds the call to a constant). The dynamo-only
+# variant is one Python frame; is_compiling() is two (it asks TorchScript first).
+_is_compiling: Callable[[], bool] = getattr(
+    torch.compiler, "is_dynamo_compiling", torch.compiler.is_compiling
+)
 _CONFIRM_STEPS = 3  # steps whose backward must come through the call before its hook is dropped
 
 # Process-wide: torch.autograd.backward wrapped while at least one PhaseHooks listens.
@@ -344,14 +389,6 @@ def _unlisten(hooks: PhaseHooks) -> None:
         _original_backward = None
 
 
-def _skipped_by_dynamo(hook: Callable[..., Any]) -> Callable[..., Any]:
-    """``hook`` marked for dynamo to run eagerly (no graph break), if dynamo is loaded.
-
-    Importing dynamo costs seconds, so a run that never compiles does not pay for it; a hook
-    installed before anything was compiled falls back on its ``_is_compiling()`` early return.
-    """
-    dynamo = sys.modules.get("torch._dynamo")
-    if dynamo is None:
-        return hook
-    disabled: Callable[..., Any] = dynamo.disable(hook)
-    return disabled
+def _compiled_in_place(model: torch.nn.Module) -> bool:
+    """``model.compile()`` was called: its ``_call_impl``, hooks included, runs compiled."""
+    return getattr(model, "_compiled_call_impl", None) is not None

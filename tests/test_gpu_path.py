@@ -18,6 +18,7 @@ from perfcallback.failopen import FailOpen
 from perfcallback.profiling import Capture
 from perfcallback.recorder import StepRecorder
 from perfcallback.rules import evaluate, registered_rules
+from perfcallback.stats import FORWARD
 
 from _helpers import FakeClock, make_loader, tiny_model
 
@@ -58,30 +59,36 @@ def test_perfcallback_construction_makes_no_cuda_call(cuda_calls: list[str]) -> 
     assert cuda_calls == []
 
 
-def _graph_breaks(model: torch.nn.Module, monitored: bool) -> tuple[int, float]:
+def _graph_breaks(model: torch.nn.Module, monitored: bool, forward: Any = None,
+                  compile_in_place_after_enter: bool = False) -> tuple[int, Any]:
+    """Graph breaks of a short training run (``forward``: what the step calls, default the
+    model), and its monitor (``None`` unmonitored)."""
     import torch._dynamo
     from torch._dynamo.utils import counters
 
     torch._dynamo.reset()
     counters.clear()
+    forward = forward or model
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     loader = make_loader(n=8 * 12)
-    forward_s = 0.0
+    monitor = None
     if monitored:
         with PerfMonitor(model=model, optimizer=opt, warmup_steps=2, window_steps=5,
                          log_recommendations=False) as perf:
+            if compile_in_place_after_enter:
+                model.compile(backend="eager")
             for x, y in perf.wrap_loader(loader):
                 with perf.step():
-                    torch.nn.functional.cross_entropy(model(x), y).backward()
+                    torch.nn.functional.cross_entropy(forward(x), y).backward()
                     opt.step()
                     opt.zero_grad()
-        forward_s = perf.report().breakdown["forward"]
+        monitor = perf
     else:
         for x, y in loader:
-            torch.nn.functional.cross_entropy(model(x), y).backward()
+            torch.nn.functional.cross_entropy(forward(x), y).backward()
             opt.step()
             opt.zero_grad()
-    return sum(counters["graph_break"].values()), forward_s
+    return sum(counters["graph_break"].values()), monitor
 
 
 @pytest.mark.slow
@@ -92,9 +99,9 @@ def test_in_place_compile_gets_no_graph_break_from_the_monitor(
     model.compile(backend="eager")
     alone, _ = _graph_breaks(model, monitored=False)
     # dynamo is loaded now: the hooks are marked for dynamo to run eagerly, and still time
-    monitored, forward_s = _graph_breaks(model, monitored=True)
+    monitored, perf = _graph_breaks(model, monitored=True)
     assert monitored == alone
-    assert forward_s > 0
+    assert perf.report().breakdown["forward"] > 0
     # hooks installed before dynamo was ever loaded keep out of the traced graph too
     monkeypatch.delitem(sys.modules, "torch._dynamo")
     with PerfMonitor(model=model, log_recommendations=False):
@@ -107,6 +114,37 @@ def test_in_place_compile_gets_no_graph_break_from_the_monitor(
         for x, y in make_loader(n=8 * 4):
             torch.nn.functional.cross_entropy(model(x), y).backward()
         assert sum(counters["graph_break"].values()) == alone
+
+
+@pytest.mark.slow
+def test_a_model_compiled_in_place_under_the_monitor_is_timed_without_a_graph_break() -> None:
+    """``model.compile()`` after the hooks went in: they are marked for dynamo at the first
+    backward, so forward is timed from the next step, and the recompile that costs falls in the
+    warm-up, where no recompilation finding can blame the user for it."""
+    compiled_before = tiny_model()
+    compiled_before.compile(backend="eager")
+    alone, _ = _graph_breaks(compiled_before, monitored=False)
+    monitored, perf = _graph_breaks(tiny_model(), monitored=True,
+                                    compile_in_place_after_enter=True)
+    assert monitored == alone
+    assert all(r.phases[FORWARD] > 0 for r in perf.recorder._ring)  # every measured step
+    report = perf.report()
+    assert [r.rule for r in report.recommendations if r.category == "recompilation"] == []
+    assert report.disabled == {}
+
+
+@pytest.mark.slow
+def test_a_compiled_training_function_gets_no_graph_break_from_the_monitor() -> None:
+    """``torch.compile`` of a function that calls the model traces the model's hooks: they keep
+    out of its graph (forward is then not timed apart, and the report says so)."""
+    model = tiny_model()
+    compiled = torch.compile(lambda x: model(x), backend="eager")
+    alone, _ = _graph_breaks(model, monitored=False, forward=compiled)
+    monitored, perf = _graph_breaks(model, monitored=True, forward=compiled)
+    assert monitored == alone
+    report = perf.report()
+    assert "forward" in report.unmeasured
+    assert report.breakdown["backward"] > 0 and report.disabled == {}
 
 
 def _fit(precision: str, tmp_path: Path) -> Any:
