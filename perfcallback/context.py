@@ -200,10 +200,13 @@ class CompileProbe:
     def __init__(self, max_marks: int) -> None:
         self._base = dynamo_counts() or CompileCounts(0, 0, 0.0)
         self._marks: deque[tuple[int, CompileCounts]] = deque(maxlen=max(1, max_marks))
+        self._last_read: CompileCounts | None = None  # by fields()
 
-    def mark(self, step: int) -> None:
-        """Snapshot the counters as of the end of ``step``."""
-        now = dynamo_counts()
+    def mark(self, step: int, *, reuse: bool = False) -> None:
+        """Snapshot the counters as of the end of ``step``; ``reuse``: the counters that
+        :meth:`fields` just read (nothing ran since: the window that read them ends at ``step``).
+        """
+        now = self._last_read if reuse else dynamo_counts()
         if now is not None:
             self._marks.append((step, now))
 
@@ -213,7 +216,7 @@ class CompileProbe:
         Also sets ``ctx.compile_in_use`` once anything compiled since the probe started. Returns
         nothing while compile is not in use, so the recompilation rules stay silent.
         """
-        now = dynamo_counts()
+        self._last_read = now = dynamo_counts()
         if now is None:
             return {}
         if now.frames > self._base.frames:

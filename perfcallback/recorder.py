@@ -645,7 +645,7 @@ class StepRecorder:
             return
         if stats.cuda_alloc_retries is not None:
             self._cuda_retries_at_window += stats.cuda_alloc_retries
-        self.failopen.call("compile_counters", self._compile.mark, stats.last_step)
+        self.failopen.call("compile_counters", self._compile.mark, stats.last_step, reuse=True)
         self.autocast_pending = True
         if self._cuda is not None and stats.cuda_peak_allocated_bytes is not None:
             # The allocator's peak is a lifetime figure: reset it, so each window reports its own

@@ -197,11 +197,12 @@ def linear_fit(xs: Sequence[float], ys: Sequence[float]) -> tuple[float | None, 
     if n < 3:
         return None, None
     mx, my = sum(xs) / n, sum(ys) / n
-    sxx = sum((x - mx) ** 2 for x in xs)
+    dx, dy = [x - mx for x in xs], [y - my for y in ys]  # list comprehensions: once per window
+    sxx = sum([d * d for d in dx])
     if sxx == 0:
         return None, None
-    syy = sum((y - my) ** 2 for y in ys)
-    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True))
+    syy = sum([d * d for d in dy])
+    sxy = sum([a * b for a, b in zip(dx, dy, strict=True)])
     return sxy / sxx, (sxy * sxy / (sxx * syy) if syy else None)
 
 

@@ -23,6 +23,7 @@ from perfcallback.telemetry.flops import (
     compute_dtype,
     peak_flops,
 )
+from perfcallback.telemetry.host import HostThreadsProbe
 from perfcallback.telemetry.nvml import NvmlSampler
 
 from _helpers import make_loader, tiny_model
@@ -312,6 +313,34 @@ def test_host_figures_join_every_window_of_a_real_loop() -> None:
     assert window.extra["intra_op_threads"] == torch.get_num_threads()
     assert window.extra["process_cpu_cores"] > 0
     assert dict(window_scalars(window))["perf/host/intra_op_threads"] == torch.get_num_threads()
+
+
+def test_host_figures_are_read_at_most_every_min_interval() -> None:
+    """Two of the three reads are syscalls: windows closer than ``min_interval_s`` to the last
+    sample keep its figures, and the next sample covers the whole time since."""
+    now = {"wall": 0.0, "cpu": 0.0}
+    reads: list[str] = []
+
+    def clock(name: str) -> Any:
+        def read() -> float:
+            reads.append(name)
+            return now[name]
+        return read
+
+    probe = HostThreadsProbe(wall=clock("wall"), cpu=clock("cpu"), load=lambda: 1.5,
+                             min_interval_s=0.5)
+    now.update(wall=0.1, cpu=0.2)
+    probe.sample()  # the first window is always sampled
+    assert probe.figures(0.01)["process_cpu_cores"] == pytest.approx(2.0)
+    reads.clear()
+    now.update(wall=0.3, cpu=0.3)
+    probe.sample()
+    assert reads == ["wall"]  # no CPU time (nor load) read 0.2 s after the last sample
+    assert probe.figures(0.01)["process_cpu_cores"] == pytest.approx(2.0)
+    now.update(wall=0.7, cpu=0.8)
+    probe.sample()
+    assert probe.figures(0.01)["process_cpu_cores"] == pytest.approx((0.8 - 0.2) / (0.7 - 0.1))
+    assert probe.figures(0.01)["load_avg_1m"] == 1.5
 
 
 def test_a_cpu_run_says_once_at_info_that_there_is_no_gpu_telemetry(

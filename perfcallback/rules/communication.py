@@ -24,7 +24,7 @@ from perfcallback.stats import WindowStats
 _MB = 2**20
 
 
-@rule("communication.exposed", category="communication")
+@rule("communication.exposed", category="communication", needs="distributed")
 def exposed_comm(stats: WindowStats, ctx: RunContext, th: Mapping[str, float]) -> Finding | None:
     """Communication the step waits for, because compute does not overlap it."""
     if ctx.world_size <= 1:

@@ -38,7 +38,7 @@ _REASONS = {  # extra key -> (what it is, what to do)
 }
 
 
-@rule("device.gpu_idle", category="device")
+@rule("device.gpu_idle", category="device", needs="nvml_sm_util_pct")
 def gpu_idle(stats: WindowStats, ctx: RunContext, th: Mapping[str, float]) -> Finding | None:
     """NVML says the GPU ran no kernel for much of the window: the host cannot keep it fed."""
     util = stats.extra.get("nvml_sm_util_pct")
@@ -68,7 +68,7 @@ def gpu_idle(stats: WindowStats, ctx: RunContext, th: Mapping[str, float]) -> Fi
     return Finding(severity=severity, message=message, evidence=evidence, est_gain=None)
 
 
-@rule("device.clocks_throttled", category="device")
+@rule("device.clocks_throttled", category="device", needs="nvml_sm_clock_mhz")
 def clocks_throttled(
     stats: WindowStats, ctx: RunContext, th: Mapping[str, float]
 ) -> Finding | None:
@@ -101,7 +101,7 @@ def clocks_throttled(
                    est_gain=max(0.0, 1.0 - ratio))
 
 
-@rule("device.memory_near_capacity", category="device")
+@rule("device.memory_near_capacity", category="device", needs="nvml_mem_used_bytes")
 def memory_near_capacity(
     stats: WindowStats, ctx: RunContext, th: Mapping[str, float]
 ) -> Finding | None:

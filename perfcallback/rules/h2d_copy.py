@@ -15,7 +15,7 @@ from perfcallback.rules.thresholds import get, grade
 from perfcallback.stats import WindowStats
 
 
-@rule("h2d_copy.pageable", category="h2d_copy")
+@rule("h2d_copy.pageable", category="h2d_copy", needs="h2d_pageable_pct")
 def pageable_copies(
     stats: WindowStats, ctx: RunContext, th: Mapping[str, float]
 ) -> Finding | None:

@@ -32,7 +32,7 @@ def local_ranks(ctx: RunContext) -> int:
         return 1
 
 
-@rule("host.cpu_oversubscribed", category="host")
+@rule("host.cpu_oversubscribed", category="host", needs="intra_op_threads")
 def cpu_oversubscribed(
     stats: WindowStats, ctx: RunContext, th: Mapping[str, float]
 ) -> Finding | None:

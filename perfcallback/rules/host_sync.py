@@ -16,7 +16,7 @@ from perfcallback.rules.thresholds import grade
 from perfcallback.stats import WindowStats
 
 
-@rule("host_sync.blocking", category="host_sync")
+@rule("host_sync.blocking", category="host_sync", needs="sync_wait_pct")
 def blocking_sync(stats: WindowStats, ctx: RunContext, th: Mapping[str, float]) -> Finding | None:
     """The host waits for the device inside the step (``.item()``, ``.cpu()``, ...)."""
     pct = stats.extra.get("sync_wait_pct")

@@ -26,7 +26,7 @@ _FIX_RECOVERS = 0.5
 _HOST_AHEAD_US = 1000.0
 
 
-@rule("launch_bound.small_kernels", category="launch_bound")
+@rule("launch_bound.small_kernels", category="launch_bound", needs="gpu_idle_pct")
 def small_kernels(stats: WindowStats, ctx: RunContext, th: Mapping[str, float]) -> Finding | None:
     """The device is idle much of the step because kernels are too small to hide launch cost."""
     idle_pct = stats.extra.get("gpu_idle_pct")

@@ -29,7 +29,7 @@ def _leak_severity(
     return "warning"
 
 
-@rule("memory.host_leak", category="memory")
+@rule("memory.host_leak", category="memory", needs="host_rss_slope_bytes_per_step")
 def host_leak(stats: WindowStats, ctx: RunContext, th: Mapping[str, float]) -> Finding | None:
     """Host RSS grows steadily across steps."""
     slope, r2, rss = stats.host_rss_slope_bytes_per_step, stats.host_rss_r2, stats.host_rss_bytes
@@ -69,7 +69,7 @@ def host_leak(stats: WindowStats, ctx: RunContext, th: Mapping[str, float]) -> F
     )
 
 
-@rule("memory.device_leak", category="memory")
+@rule("memory.device_leak", category="memory", needs="cuda_allocated_slope_bytes_per_step")
 def device_leak(stats: WindowStats, ctx: RunContext, th: Mapping[str, float]) -> Finding | None:
     """CUDA allocated memory grows steadily across steps."""
     slope, alloc = stats.cuda_allocated_slope_bytes_per_step, stats.cuda_allocated_bytes
@@ -98,7 +98,7 @@ def device_leak(stats: WindowStats, ctx: RunContext, th: Mapping[str, float]) ->
     )
 
 
-@rule("memory.device_near_capacity", category="memory")
+@rule("memory.device_near_capacity", category="memory", needs="cuda_peak_allocated_bytes")
 def device_near_capacity(
     stats: WindowStats, ctx: RunContext, th: Mapping[str, float]
 ) -> Finding | None:
@@ -121,7 +121,7 @@ def device_near_capacity(
     return Finding(severity=severity, message=message, evidence=evidence)
 
 
-@rule("memory.alloc_retries", category="memory")
+@rule("memory.alloc_retries", category="memory", needs="cuda_alloc_retries")
 def alloc_retries(stats: WindowStats, ctx: RunContext, th: Mapping[str, float]) -> Finding | None:
     """The CUDA caching allocator had to free its cache and retry (a costly synchronisation)."""
     retries = stats.cuda_alloc_retries

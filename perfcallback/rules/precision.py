@@ -29,7 +29,7 @@ def _compute_share(stats: WindowStats) -> float:
     return stats.share("forward") + stats.share("backward")
 
 
-@rule("precision.fp32_matmul", category="precision")
+@rule("precision.fp32_matmul", category="precision", needs="cuda")
 def fp32_matmul(stats: WindowStats, ctx: RunContext, th: Mapping[str, float]) -> Finding | None:
     """Full-fp32 matmuls where TF32 or bf16 autocast would use tensor cores."""
     if ctx.device_type != "cuda" or ctx.cuda_capability is None:

@@ -17,7 +17,7 @@ from perfcallback.rules.thresholds import get, grade
 from perfcallback.stats import WindowStats
 
 
-@rule("recompilation.recompiles", category="recompilation")
+@rule("recompilation.recompiles", category="recompilation", needs="recompiles")
 def recompiles(stats: WindowStats, ctx: RunContext, th: Mapping[str, float]) -> Finding | None:
     """torch.compile keeps compiling after warm-up: guards fail on changing inputs."""
     count = stats.recompiles
@@ -47,7 +47,7 @@ def recompiles(stats: WindowStats, ctx: RunContext, th: Mapping[str, float]) -> 
     return Finding(severity=severity, message=message, evidence=evidence, est_gain=share)
 
 
-@rule("recompilation.graph_breaks", category="recompilation")
+@rule("recompilation.graph_breaks", category="recompilation", needs="graph_breaks")
 def graph_breaks(stats: WindowStats, ctx: RunContext, th: Mapping[str, float]) -> Finding | None:
     """The compiled model is split into several graphs by graph breaks."""
     count = stats.graph_breaks

@@ -42,7 +42,7 @@ _PHASE_FIX = {
 }
 
 
-@rule("straggler.slow_rank", category="straggler")
+@rule("straggler.slow_rank", category="straggler", needs="distributed")
 def slow_rank(stats: WindowStats, ctx: RunContext, th: Mapping[str, float]) -> Finding | None:
     """Ranks do unequal work per step: the others idle in collectives, waiting for the slowest."""
     if ctx.world_size <= 1:

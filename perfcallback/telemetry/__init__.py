@@ -54,7 +54,7 @@ def attach_telemetry(
     from perfcallback.telemetry.host import HostThreadsProbe
 
     ctx = recorder.context
-    recorder.probes.append(HostThreadsProbe())
+    recorder.probes.append(HostThreadsProbe(min_interval_s=_HOST_SAMPLE_S))
     if count_flops or flops_per_step is not None:
         counter = StepFlopCounter(flops_per_step, ctx)
         recorder.flop_counter = counter
@@ -69,6 +69,7 @@ def attach_telemetry(
                   "CUDA devices only)")
 
 
+_HOST_SAMPLE_S = 0.5  # host CPU figures: at most two samples a second (two syscalls each)
 _said: set[str] = set()
 
 

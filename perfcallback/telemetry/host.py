@@ -1,9 +1,11 @@
 """Host CPU facts per window: torch's intra-op threads, the CPU time this process gets, host load.
 
-Read once per window on the training thread (three cheap calls: ``torch.get_num_threads()``,
-``time.process_time()`` and ``os.getloadavg()``). CPU time over wall time is how many cores this
+Read on the training thread at a window's end, at most every half second (three cheap calls:
+``torch.get_num_threads()``, ``time.process_time()`` and ``os.getloadavg()``, the last two
+syscalls, which slow the training step after them). CPU time over wall time is how many cores this
 process kept busy; the load average counts runnable threads on the whole host, ours included, so
-their difference tells how busy the rest of the machine is.
+their difference tells how busy the rest of the machine is. Neither means much over less than a
+second, and with short steps a window lasts a few milliseconds.
 """
 
 from __future__ import annotations
@@ -31,18 +33,24 @@ class HostThreadsProbe:
     Args:
         wall: Wall clock in seconds; ``cpu``: this process's CPU time (all its threads) in
             seconds; ``load``: the host's load average. Injectable for exact tests.
+        min_interval_s: Windows closer than this to the last sample keep its figures.
     """
 
     name = "host_threads"
 
     def __init__(self, *, wall: Clock = time.perf_counter, cpu: Clock = time.process_time,
-                 load: Callable[[], float | None] = load_average) -> None:
+                 load: Callable[[], float | None] = load_average,
+                 min_interval_s: float = 0.0) -> None:
         self._wall, self._cpu, self._load = wall, cpu, load
+        self._min_interval_s = min_interval_s
         self._t0, self._cpu0 = wall(), cpu()
         self.latest: dict[str, float] = {}
 
     def sample(self) -> None:
-        t, c = self._wall(), self._cpu()
+        t = self._wall()
+        if self.latest and t - self._t0 < self._min_interval_s:
+            return
+        c = self._cpu()
         figures = {"intra_op_threads": float(torch.get_num_threads())}
         if t > self._t0:
             figures["process_cpu_cores"] = (c - self._cpu0) / (t - self._t0)

@@ -7,10 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from perfcallback import rules as rules_module
 from perfcallback.recorder import StepRecorder
 from perfcallback.report import CATEGORIES
 from perfcallback.rules import Finding, check_disabled, evaluate, registered_rules, rule
 from perfcallback.rules.thresholds import DEFAULTS, get, grade, validate_overrides
+from perfcallback.stats import EXTRA_KEYS
 from rules._windows import context, window
 
 from _helpers import FakeClock
@@ -107,3 +109,58 @@ def test_docs_list_every_rule_and_threshold() -> None:
 
 def test_custom_rules_may_read_their_own_thresholds() -> None:
     validate_overrides({"fwd_s": 1.0, "myteam.slow_io.limit_s": 0.5})
+
+
+def _everything_but(need: str) -> tuple[object, object]:
+    """A window and context with every figure a rule can need, except ``need``: alarming values
+    (half the GPU idle, memory nearly full, recompiling, throttled, a leak, eight ranks)."""
+    extra = {key: 50.0 for key in EXTRA_KEYS if key != need}
+    fields = {
+        "host_rss_slope_bytes_per_step": 2**24, "host_rss_r2": 1.0, "host_rss_bytes": 2**33,
+        "cuda_allocated_slope_bytes_per_step": 2**24, "cuda_allocated_bytes": 2**30,
+        "cuda_peak_allocated_bytes": 79 * 2**30, "cuda_total_bytes": 80 * 2**30,
+        "cuda_alloc_retries": 50, "recompiles": 40, "graph_breaks": 30, "compile_s": 5.0,
+    }
+    fields = {k: v for k, v in fields.items() if k != need}
+    facts = {"device_type": "cuda", "cuda_capability": (9, 0), "world_size": 8,
+             "host_memory_bytes": 2**34, "float32_matmul_precision": "highest",
+             "autocast_seen": False}
+    if need == "cuda":
+        facts.update(device_type="cpu", cuda_capability=None)
+    if need == "distributed":
+        facts["world_size"] = 1
+    stats = window(phases={"data": 0.3, "forward": 0.2, "backward": 0.2, "optimizer": 0.2},
+                   extra=extra, **fields)
+    return stats, context(**facts)
+
+
+def test_a_rule_that_needs_a_figure_never_fires_without_it() -> None:
+    """``needs`` lets evaluate() skip a rule without calling it: sound only if the rule itself
+    returns nothing on such a window, whatever else the window holds."""
+    needing = [r for r in registered_rules().values() if r.needs is not None]
+    assert len(needing) >= 10
+    for r in needing:
+        stats, ctx = _everything_but(r.needs)
+        assert r.fn(stats, ctx, {}) is None, r.id
+        with_it, ctx_with = _everything_but("nothing")
+        assert r.needs in rules_module._present(with_it, ctx_with), r.id
+
+
+def test_a_rule_is_skipped_on_windows_without_what_it_needs() -> None:
+    calls: list[int | None] = []
+
+    @rule("recompilation.test_needs_breaks", category="recompilation", needs="graph_breaks")
+    def _breaks(stats, ctx, th):
+        calls.append(stats.graph_breaks)
+        return Finding(severity="info", message="breaks", evidence={})
+
+    try:
+        others = [r for r in registered_rules() if r != "recompilation.test_needs_breaks"]
+        assert evaluate(window(), context(), disabled=others) == []
+        assert calls == []
+        assert len(evaluate(window(graph_breaks=0), context(), disabled=others)) == 1
+        assert calls == [0]
+    finally:
+        del rules_module._REGISTRY["recompilation.test_needs_breaks"]
+    with pytest.raises(ValueError, match="needs 'graph_break', which is not"):
+        rule("recompilation.test_typo", category="recompilation", needs="graph_break")
