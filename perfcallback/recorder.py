@@ -338,8 +338,10 @@ class StepRecorder:
         self._t_mark = t
         if self._cuda is not None:
             self._cuda.begin(OTHER)
-        if self.flop_counter is not None and self.flop_counter.pending:
-            self._start_flop_count()
+        # FLOPs are counted in a warm-up step: past it, the counter object is not even touched
+        if self.steps_seen < self._warmup_end and self.flop_counter is not None:
+            if self.flop_counter.pending:
+                self._start_flop_count()
 
     def phase_start(self, phase: int) -> None:
         """Enter ``phase`` (an index from :mod:`perfcallback.stats`); pauses the current one."""
@@ -448,11 +450,8 @@ class StepRecorder:
         """Count FLOPs in this step if it is the last warm-up step: a step never measured (with
         ``warmup_steps=0`` nothing is counted; ``flops_per_step=`` gives the figure instead)."""
         index = self.steps_seen + 1
-        if self.flop_counter is None or index < self._warmup_end:
-            return
-        if index > self._warmup_end:
-            self.flop_counter.pending = False  # no warm-up step left to count in
-            return
+        if self.flop_counter is None or index != self._warmup_end:
+            return  # begin_step() calls this during the warm-up only
         self._flop_step = index
         self.failopen.call("flop_count", self.flop_counter.start)
 
