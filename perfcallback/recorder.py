@@ -339,9 +339,9 @@ class StepRecorder:
         if self._cuda is not None:
             self._cuda.begin(OTHER)
         # FLOPs are counted in a warm-up step: past it, the counter object is not even touched
-        if self.steps_seen < self._warmup_end and self.flop_counter is not None:
-            if self.flop_counter.pending:
-                self._start_flop_count()
+        if (self.steps_seen < self._warmup_end and self.flop_counter is not None
+                and self.flop_counter.pending):
+            self._start_flop_count()
 
     def phase_start(self, phase: int) -> None:
         """Enter ``phase`` (an index from :mod:`perfcallback.stats`); pauses the current one."""

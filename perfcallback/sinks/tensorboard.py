@@ -4,6 +4,10 @@ Design notes:
 - Off the step's critical path: the sink runs once per window, never per step, and only builds a
   few dozen small summary protos there; the ``SummaryWriter``'s own thread does the file I/O
   (it flushes every ``flush_secs``). Nothing here flushes or syncs per window.
+- That thread frames each event with a masked CRC-32C, which TensorBoard computes in pure Python
+  (~0.12 us a byte) holding the GIL: ~65 us for one window's ~560-byte event, time the training
+  thread waits. With ``google-crc32c`` installed (the ``tensorboard`` extra) a writer the sink owns
+  frames its records with the same bytes computed in C (:func:`_frame_records_in_c`).
 - ``tensorboard`` is an optional extra: the ``SummaryWriter`` class is imported when the sink is
   built, through :func:`perfcallback._optional.require`, so a missing extra fails there with the
   install hint, and the writer itself is created at the first write (no empty event file).
@@ -43,6 +47,7 @@ from __future__ import annotations
 
 import collections
 import os
+import struct
 import sys
 import threading
 from collections.abc import Callable
@@ -115,6 +120,7 @@ class TensorBoardSink(Sink):
         self._owns = writer is None
         self._enabled: bool | None = None  # decided at the first write (rank 0 only)
         self._summary_cls: Any = None  # set when the writer takes whole Summary protos
+        self.crc_in_c = False  # the owned writer's records are framed with a CRC-32C in C
         self._windows = 0
         self._step = 0
         self._active: dict[str, Recommendation] = {}
@@ -173,6 +179,7 @@ class TensorBoardSink(Sink):
             if self._enabled and self._writer is None:
                 assert self._writer_cls is not None and self.logdir is not None
                 self._writer = self._writer_cls(log_dir=self.logdir, flush_secs=self.flush_secs)
+                self.crc_in_c = _frame_records_in_c(self._writer)
             self._summary_cls = _fast_summary_cls(self._writer) if self._enabled else None
         return self._writer if self._enabled else None
 
@@ -318,6 +325,42 @@ def _fast_summary_cls(writer: Any) -> Any:
     from tensorboard.compat.proto.summary_pb2 import Summary
 
     return Summary
+
+
+def _frame_records_in_c(writer: Any) -> bool:
+    """Make ``writer`` (torch's ``SummaryWriter``) frame its event records with a CRC-32C
+    computed in C by ``google-crc32c``; ``False`` (nothing changed) without it, or where
+    TensorBoard's writer is not laid out as expected.
+
+    The record format is TensorFlow's: length (uint64), masked CRC of the length, data, masked
+    CRC of the data, all little-endian. Only this writer's record writer is changed (an instance
+    attribute): other writers in the process keep TensorBoard's own.
+    """
+    try:
+        import google_crc32c
+    except ImportError:
+        return False
+    if getattr(google_crc32c, "implementation", None) != "c":
+        return False  # its pure-Python fallback is no faster than TensorBoard's
+    try:
+        records = writer._get_file_writer().event_writer._async_writer._writer
+        out = records._writer  # the file, behind TensorBoard's RecordWriter
+        if not callable(getattr(out, "write", None)) or not callable(records.write):
+            return False
+    except AttributeError:  # another TensorBoard version: leave it as it is
+        return False
+    crc, pack = google_crc32c.value, struct.pack
+
+    def masked(data: bytes) -> int:
+        x = int(crc(data))
+        return (((x >> 15) | (x << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+    def write(data: bytes) -> None:
+        header = pack("<Q", len(data))
+        out.write(header + pack("<I", masked(header)) + data + pack("<I", masked(data)))
+
+    records.write = write
+    return True
 
 
 def _is_rank_zero() -> bool:

@@ -221,3 +221,29 @@ def test_window_scalars_cover_cuda_device_and_trace_figures() -> None:
     assert scalars["perf/device/step_ms"] == pytest.approx(9.0)
     assert scalars["perf/device/phase/forward_ms"] == pytest.approx(4.0)
     assert scalars["perf/trace/gpu_idle_pct"] == 12.5
+
+
+def test_records_framed_in_c_carry_tensorboards_own_checksums(tmp_path: Path) -> None:
+    """With google-crc32c, an owned writer frames its records in C: every record's length and data
+    checksums must equal what TensorBoard's own (pure-Python) CRC-32C gives, and its reader must
+    read the file back."""
+    pytest.importorskip("google_crc32c")
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
+
+    clock = FakeClock()
+    with PerfMonitor(logdir=tmp_path, warmup_steps=WARMUP, window_steps=WINDOW, profile=False,
+                     clock=clock, log_recommendations=False) as perf:
+        fake_loop(perf, clock, STEPS)
+        sink = next(s for s in perf.recorder.sinks if isinstance(s, TensorBoardSink))
+        assert sink.crc_in_c
+    (events_file,) = tmp_path.glob("events.out.tfevents.*")
+    blob, records = events_file.read_bytes(), 0
+    while blob:
+        header, header_crc = blob[:8], int.from_bytes(blob[8:12], "little")
+        size = int.from_bytes(header, "little")
+        data, data_crc = blob[12:12 + size], int.from_bytes(blob[12 + size:16 + size], "little")
+        assert header_crc == masked_crc32c(header) and data_crc == masked_crc32c(data)
+        blob, records = blob[16 + size:], records + 1
+    assert records >= 1 + (STEPS - WARMUP) // WINDOW  # the file-version record, then windows
+    steps = [e.step for e in read_events(tmp_path).Scalars("perf/step_ms")]
+    assert steps == [WARMUP + WINDOW * k for k in range(1, (STEPS - WARMUP) // WINDOW + 1)]
