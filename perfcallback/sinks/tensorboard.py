@@ -329,8 +329,9 @@ def _fast_summary_cls(writer: Any) -> Any:
 
 def _frame_records_in_c(writer: Any) -> bool:
     """Make ``writer`` (torch's ``SummaryWriter``) frame its event records with a CRC-32C
-    computed in C by ``google-crc32c``; ``False`` (nothing changed) without it, or where
-    TensorBoard's writer is not laid out as expected.
+    computed in C by ``google-crc32c``, into a file it keeps open; ``False`` (nothing changed)
+    without the package, for a remote logdir, or where TensorBoard's writer is not laid out as
+    expected.
 
     The record format is TensorFlow's: length (uint64), masked CRC of the length, data, masked
     CRC of the data, all little-endian. Only this writer's record writer is changed (an instance
@@ -344,12 +345,18 @@ def _frame_records_in_c(writer: Any) -> bool:
         return False  # its pure-Python fallback is no faster than TensorBoard's
     try:
         records = writer._get_file_writer().event_writer._async_writer._writer
-        out = records._writer  # the file, behind TensorBoard's RecordWriter
-        if not callable(getattr(out, "write", None)) or not callable(records.write):
-            return False
-    except AttributeError:  # another TensorBoard version: leave it as it is
+        gfile = records._writer  # TensorBoard's GFile, behind its RecordWriter
+        path = os.fsdecode(gfile.filename)  # bytes, in TensorBoard's GFile
+        if "://" in path or not callable(records.write):
+            return False  # a remote logdir (s3://, gs://) stays with TensorBoard's own writing
+        # TensorBoard's GFile opens, appends to and closes the file for every record. One handle
+        # in append mode (O_APPEND: every write lands at the end, after TensorBoard's own first
+        # record too), flushed when TensorBoard flushes (every flush_secs) and at close.
+        out = open(path, "ab")  # noqa: SIM115 (closed with the writer, below)
+    except (AttributeError, OSError, TypeError):  # another TensorBoard version: as it is
         return False
     crc, pack = google_crc32c.value, struct.pack
+    flush, close = records.flush, records.close
 
     def masked(data: bytes) -> int:
         x = int(crc(data))
@@ -359,7 +366,15 @@ def _frame_records_in_c(writer: Any) -> bool:
         header = pack("<Q", len(data))
         out.write(header + pack("<I", masked(header)) + data + pack("<I", masked(data)))
 
-    records.write = write
+    def flush_all() -> None:
+        out.flush()
+        flush()
+
+    def close_all() -> None:
+        out.close()
+        close()
+
+    records.write, records.flush, records.close = write, flush_all, close_all
     return True
 
 
