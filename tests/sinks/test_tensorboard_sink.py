@@ -247,3 +247,19 @@ def test_records_framed_in_c_carry_tensorboards_own_checksums(tmp_path: Path) ->
     assert records >= 1 + (STEPS - WARMUP) // WINDOW  # the file-version record, then windows
     steps = [e.step for e in read_events(tmp_path).Scalars("perf/step_ms")]
     assert steps == [WARMUP + WINDOW * k for k in range(1, (STEPS - WARMUP) // WINDOW + 1)]
+
+
+def test_a_writer_the_user_passes_keeps_tensorboards_own_record_writing(tmp_path: Path) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(tmp_path))
+    records = writer._get_file_writer().event_writer._async_writer._writer
+    clock = FakeClock()
+    sink = TensorBoardSink(writer=writer)
+    with PerfMonitor(warmup_steps=WARMUP, window_steps=WINDOW, sinks=[sink], tensorboard=False,
+                     profile=False, clock=clock, log_recommendations=False) as perf:
+        fake_loop(perf, clock, STEPS)
+    writer.close()
+    assert not sink.crc_in_c
+    assert "write" not in vars(records)  # TensorBoard's own method, not an instance override
+    assert len(read_events(tmp_path).Scalars("perf/step_ms")) == (STEPS - WARMUP) // WINDOW
