@@ -123,7 +123,6 @@ class TensorBoardSink(Sink):
         self._summary_cls: Any = None  # set when the writer takes whole Summary protos
         self._event_cls: Any = None
         self._records: _RecordFile | None = None  # the owned writer's file, framed in C
-        self._flushed_at = 0.0
         self._windows = 0
         self._step = 0
         self._active: dict[str, Recommendation] = {}
@@ -183,7 +182,6 @@ class TensorBoardSink(Sink):
                 assert self._writer_cls is not None and self.logdir is not None
                 self._writer = self._writer_cls(log_dir=self.logdir, flush_secs=self.flush_secs)
                 self._records = _frame_records_in_c(self._writer)
-                self._flushed_at = time.monotonic()
             self._summary_cls = _fast_summary_cls(self._writer) if self._enabled else None
             if self._summary_cls is not None:
                 from tensorboard.compat.proto.event_pb2 import Event
@@ -204,13 +202,9 @@ class TensorBoardSink(Sink):
             writer._get_file_writer().add_summary(summary, step)
             return
         # Straight into the file: no hand-off to the writer's thread (a wake-up, then the GIL
-        # passed back and forth), and a flush every flush_secs as that thread would do.
+        # passed back and forth)
         event = self._event_cls(wall_time=time.time(), step=step, summary=summary)
         self._records.write(event.SerializeToString())
-        now = time.monotonic()
-        if now - self._flushed_at >= self.flush_secs:
-            self._flushed_at = now
-            self._records.flush()
 
     @property
     def crc_in_c(self) -> bool:
@@ -354,13 +348,15 @@ class _RecordFile:
     """TensorFlow's record framing (length, masked CRC-32C of the length, data, masked CRC-32C of
     the data; little-endian) into one handle kept open in append mode, the CRC computed in C.
 
-    O_APPEND puts every write at the end of the file, after TensorBoard's own first record too.
-    Writes from two threads (the training thread's window events, TensorBoard's thread with the
-    Text tab's) do not interleave: each record is one call on a locked buffered writer.
+    Unbuffered: each record is one ``write`` syscall, so a window's figures are in the file (the
+    OS's cache) as soon as it is written and a run killed a moment later keeps them. O_APPEND puts
+    every write at the end of the file, after TensorBoard's own first record too, and writes from
+    two threads (the training thread's window events, TensorBoard's thread with the Text tab's)
+    never interleave within a record.
     """
 
     def __init__(self, path: str, crc: Callable[[bytes], int]) -> None:
-        self._out = open(path, "ab")  # noqa: SIM115 (closed by close(), with the writer)
+        self._out = open(path, "ab", buffering=0)  # noqa: SIM115 (closed by close())
         self._crc = crc
 
     def _masked(self, data: bytes) -> int:

@@ -236,6 +236,8 @@ def test_records_framed_in_c_carry_tensorboards_own_checksums(tmp_path: Path) ->
         fake_loop(perf, clock, STEPS)
         sink = next(s for s in perf.recorder.sinks if isinstance(s, TensorBoardSink))
         assert sink.crc_in_c
+        # in the file as each window ends, before any flush or close: a killed run keeps them
+        assert len(read_events(tmp_path).Scalars("perf/step_ms")) == (STEPS - WARMUP) // WINDOW
     (events_file,) = tmp_path.glob("events.out.tfevents.*")
     blob, records = events_file.read_bytes(), 0
     while blob:
