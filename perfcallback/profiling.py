@@ -195,6 +195,9 @@ class TraceProfiler:
         self._quiet_until = 0  # no trigger checks up to this step (cooldown)
         self._triggered = 0
         self._session: _Session | None = None
+        # The step now running is profiled (a capture is prepared or recording): a plain
+        # attribute, kept with _session, because the recorder reads it every step.
+        self.capturing = False
         self._kept: deque[Path] = deque()  # files written by this profiler, oldest first
         self._jobs: queue.Queue[tuple[Any, Capture] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
@@ -206,15 +209,10 @@ class TraceProfiler:
         """A capture is in progress or an export is pending (the profiler session is in use)."""
         return self._session is not None or self._jobs.unfinished_tasks > 0
 
-    @property
-    def capturing(self) -> bool:
-        """The step now running is profiled (a capture is prepared or recording)."""
-        return self._session is not None
-
     # ----------------------------------------------------------------- per step (hot path)
     def on_step_end(self, index: int, step_s: float) -> bool:
         """Step ``index`` just ended after ``step_s`` seconds; returns whether it was profiled."""
-        if self._session is not None:
+        if self.capturing:
             return self._guarded(self._advance, index)
         if self._warm_end < 0:
             self._rebase(index)
@@ -278,6 +276,7 @@ class TraceProfiler:
             activities=self._activities(), record_shapes=opts.record_shapes,
             with_stack=opts.with_stack, profile_memory=opts.profile_memory)
         self._session = _Session(prof, capture, start_at=index + opts.warmup)
+        self.capturing = True
         prof.prepare_trace()
         if opts.warmup == 0:
             self._start_recording(index)
@@ -321,7 +320,7 @@ class TraceProfiler:
     def _finish(self, last: int) -> None:
         s = self._session
         assert s is not None
-        self._session = None
+        self._session, self.capturing = None, False
         s.prof.stop_trace()
         s.capture.last_step = last
         self._quiet_until = last + self.options.cooldown_steps
@@ -333,7 +332,7 @@ class TraceProfiler:
 
     def _abandon(self) -> None:
         """Stop a capture in progress without writing it (after an internal error)."""
-        s, self._session = self._session, None
+        s, self._session, self.capturing = self._session, None, False
         if s is None:
             return
         try:

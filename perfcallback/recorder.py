@@ -93,7 +93,7 @@ class StepRecorder:
         "_acc", "_active", "_closed", "_compile", "_cuda", "_cuda_retries_at_window",
         "_cuda_snapshot", "_data_t0", "_dev_window", "_fetch_t0", "_flop_step", "_gc_callback",
         "_gc_count", "_gc_installed", "_gc_pause_s", "_gc_t0", "_in_step", "_pending_data_s",
-        "_pending_samples", "_poll_device", "_process_window_guarded", "_profiler_step",
+        "_pending_samples", "_poll_device", "_process_window_guarded",
         "_retained", "_ring", "_rss", "_rss_samples", "_sample_rss", "_seen", "_stack",
         "_step_t0", "_sync_s", "_sync_t0", "_t_mark", "_totals", "_trace_age", "_untallied",
         "_val_t0", "_warmup_end", "autocast_pending", "clock", "comm_sources", "context",
@@ -227,8 +227,6 @@ class StepRecorder:
     def attach_profiler(self, profiler: TraceProfiler) -> None:
         """Drive ``profiler`` from :meth:`end_step`; the steps it profiles are left out."""
         self.profiler = profiler
-        # Guarded once here, not per step: an internal error switches profiling off.
-        self._profiler_step = self.failopen.guard("profiler", profiler.on_step_end)
         profiler.on_trace_ready.append(self.join_capture)
 
     def join_capture(self, capture: Capture) -> None:
@@ -406,8 +404,11 @@ class StepRecorder:
                 self._cuda.discard()
             else:
                 self._cuda.end(index)
-        if self.profiler is not None:  # after the end event: starting a capture costs host time
-            self._profiler_step(index, step_s)
+        if self.profiler is not None and "profiler" not in self.failopen.disabled:
+            try:  # after the end event: starting a capture costs host time
+                self.profiler.on_step_end(index, step_s)
+            except Exception as exc:  # fail open, inline: this runs every step
+                self.failopen.trip("profiler", exc)
         if profiled:
             self.profiled_steps += 1
             self.last_profiled_step = index

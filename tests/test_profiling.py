@@ -257,6 +257,24 @@ def test_profiler_failures_are_fail_open(tmp_path: Path, monkeypatch: pytest.Mon
     assert "perfcallback-trace-export" not in threads  # joined at exit despite the failure
 
 
+def test_an_error_in_the_per_step_check_switches_only_profiling_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The recorder calls the profiler every step behind an inline guard: an error there (here
+    in the slowdown detector) switches profiling off, and every step is still measured."""
+    def broken(self: RegressionDetector, step_s: float) -> None:
+        raise ZeroDivisionError("a bug in the detector")
+
+    monkeypatch.setattr(RegressionDetector, "update", broken)
+    options = ProfileOptions(start_after=None, trigger=True)
+    perf = train(tmp_path, steps=12, options=options)
+    report = perf.report()
+    assert set(report.disabled) == {"profiler"}
+    assert "ZeroDivisionError" in report.disabled["profiler"]
+    assert report.steps == 12 - 2 and report.profiled_steps == 0
+    assert not trace_files(tmp_path)
+
+
 def test_profile_argument(tmp_path: Path) -> None:
     assert PerfMonitor(profile=None).session.profiler is None  # no logdir: nowhere to write
     assert PerfMonitor(logdir=tmp_path, profile=False, tensorboard=False).session.profiler is None
