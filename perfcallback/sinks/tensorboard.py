@@ -2,12 +2,15 @@
 
 Design notes:
 - Off the step's critical path: the sink runs once per window, never per step, and only builds a
-  few dozen small summary protos there; the ``SummaryWriter``'s own thread does the file I/O
-  (it flushes every ``flush_secs``). Nothing here flushes or syncs per window.
-- That thread frames each event with a masked CRC-32C, which TensorBoard computes in pure Python
-  (~0.12 us a byte) holding the GIL: ~65 us for one window's ~560-byte event, time the training
-  thread waits. With ``google-crc32c`` installed (the ``tensorboard`` extra) a writer the sink owns
-  frames its records with the same bytes computed in C (:func:`_frame_records_in_c`).
+  few dozen small summary protos there.
+- Who writes the file: TensorBoard's ``SummaryWriter`` hands each event to its own thread, which
+  frames it with a masked CRC-32C computed in pure Python (~0.12 us a byte, ~65 us for one
+  window's event, holding the GIL the training thread waits for) and opens and closes the file
+  for every record. With ``google-crc32c`` installed (the ``tensorboard`` extra), a writer the
+  sink owns instead writes its window events from the training thread, one unbuffered ``write``
+  per window into a handle kept open, with the same record bytes computed in C
+  (:func:`_frame_records_in_c`): a killed run keeps every window written. A writer passed in, or a
+  remote logdir, keeps TensorBoard's own writing. Nothing here flushes or syncs per window.
 - ``tensorboard`` is an optional extra: the ``SummaryWriter`` class is imported when the sink is
   built, through :func:`perfcallback._optional.require`, so a missing extra fails there with the
   install hint, and the writer itself is created at the first write (no empty event file).
