@@ -84,15 +84,18 @@ def block_profiler_scheduled(model, opt, data) -> None:
             prof.step()
 
 
-def own_cost_per_step(steps: int = 500, rounds: int = 40) -> tuple[float, float, float]:
+def own_cost_per_step(
+    steps: int = 500, rounds: int = 40, window_steps: int | None = None
+) -> tuple[float, float, float]:
     """Seconds the monitor adds to one step, on a loop so cheap that noise is microseconds, and
     that loop's own step time: ``(median_cost_s, floor_cost_s, baseline_s)``.
 
     Every hook still fires (forward, backward, optimizer, loader, step) and windows are summarised
-    with every rule, so this is the instrumentation's full per-step cost. Each round times a block
-    without the monitor and a block inside a monitor that has already run 100 steps (so neither
-    its construction nor its warm-up is counted), in a random order. Two figures, because a shared
-    virtual machine adds bursts of noise that only ever add time:
+    with every rule, so this is the instrumentation's full per-step cost (``window_steps``: the
+    monitor's; the default, automatic, lengthens windows on a loop this fast). Each round times a
+    block without the monitor and a block inside a monitor that has already run 100 steps (so
+    neither its construction nor its warm-up is counted), in a random order. Two figures, because
+    a shared virtual machine adds bursts of noise that only ever add time:
 
     - the median of the rounds' paired differences;
     - the difference of the two fastest blocks (the lower envelope: the cost on a quiet machine).
@@ -110,7 +113,8 @@ def own_cost_per_step(steps: int = 500, rounds: int = 40) -> tuple[float, float,
                 block_baseline(model, opt, batches)
                 times[name] = time.perf_counter() - t0
                 continue
-            with PerfMonitor(model=model, optimizer=opt, log_recommendations=False) as perf:
+            with PerfMonitor(model=model, optimizer=opt, log_recommendations=False,
+                             window_steps=window_steps) as perf:
                 for x, y in perf.wrap_loader(batches[:100]):
                     with perf.step():
                         train_step(model, opt, x, y)
@@ -187,10 +191,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="measure only the fixed per-step cost on the near-empty loop")
     parser.add_argument("--check-own-us", type=float, default=None,
                         help="exit 1 if the fixed per-step cost exceeds this many microseconds")
+    parser.add_argument("--window-steps", type=int, default=None,
+                        help="fixed window length for --own-cost-only (default: automatic)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.own_cost_only:
-        cost_s, floor_s, empty_s = own_cost_per_step()
+        cost_s, floor_s, empty_s = own_cost_per_step(window_steps=args.window_steps)
         print(f"near-empty loop: baseline {empty_s * 1e6:.1f} us/step, with perfcallback "
               f"{(empty_s + cost_s) * 1e6:.1f} us/step: fixed cost {cost_s * 1e6:.1f} us/step "
               f"(median of paired rounds; fastest blocks: {floor_s * 1e6:.1f}), "

@@ -107,6 +107,7 @@ class PerfCallback(*_BASES):  # type: ignore[misc]
             TensorBoardLogger, TensorBoard output and traces go to ``logdir`` too.
         warmup_steps: Leading steps left out of the figures (again after a checkpoint resume).
         window_steps: Steps per window; rules run and scalars are logged once per window.
+            ``None``: at least 25 steps and 0.25 s, at most 250 (25 under DDP).
         log_every_n_windows: Send window scalars to the Trainer's loggers every N windows;
             ``0`` disables it.
         on_recommendation: Called with each new or updated :class:`Recommendation`.
@@ -142,7 +143,7 @@ class PerfCallback(*_BASES):  # type: ignore[misc]
         logdir: str | Path | None = None,
         *,
         warmup_steps: int = 5,
-        window_steps: int = 25,
+        window_steps: int | None = None,
         log_every_n_windows: int = 1,
         on_recommendation: Callable[[Recommendation], object] | None = None,
         disabled_rules: Sequence[str] = (),

@@ -146,7 +146,9 @@ class PerfMonitor:
             engine it is optional, may be DeepSpeed's own optimizer, and only informs the rules.
         logdir: Directory for ``perf_report.json`` and TensorBoard output; ``None`` writes none.
         warmup_steps: Leading steps left out of the figures.
-        window_steps: Steps per window; rules and sinks run once per window.
+        window_steps: Steps per window; rules and sinks run once per window. ``None``: at least
+            25 steps and 0.25 s, at most 250 (so a fast loop does not pay for ~80 windows a
+            second); 25 under torch.distributed, where ranks compare windows by number.
         on_recommendation: Called with each new or updated :class:`Recommendation`.
         disabled_rules: Rule ids (``"gc.pauses"``) or categories (``"gc"``) to silence.
         thresholds: Overrides of rule thresholds by name.
@@ -189,7 +191,7 @@ class PerfMonitor:
         logdir: str | os.PathLike[str] | None = None,
         *,
         warmup_steps: int = 5,
-        window_steps: int = 25,
+        window_steps: int | None = None,
         on_recommendation: Callable[[Recommendation], object] | None = None,
         disabled_rules: Sequence[str] = (),
         thresholds: Mapping[str, float] | None = None,

@@ -29,7 +29,8 @@ class SessionOptions:
         logdir: Directory for the report file, TensorBoard output and traces (an adapter may
             choose another when this is ``None``, e.g. a Lightning logger's directory).
         warmup_steps: Leading steps left out of the figures.
-        window_steps: Steps per window; rules and sinks run once per window.
+        window_steps: Steps per window; rules and sinks run once per window. ``None``: at least
+            25 steps and 0.25 s, at most 250 (25 under torch.distributed).
         buffer_steps: Capacity of the ring buffer of step records (bounds memory).
         fire_after: Consecutive windows a rule must hold before its finding is emitted.
         clear_after: Consecutive windows a rule must be absent before its finding is resolved.
@@ -62,7 +63,7 @@ class SessionOptions:
 
     logdir: Path | None = None
     warmup_steps: int = 5
-    window_steps: int = 25
+    window_steps: int | None = None
     buffer_steps: int = 1024
     fire_after: int = 2
     clear_after: int = 2
@@ -91,9 +92,11 @@ class SessionOptions:
         for name, low in (("warmup_steps", 0), ("window_steps", 1), ("buffer_steps", 1),
                           ("fire_after", 1), ("clear_after", 1)):
             value = getattr(self, name)
+            if value is None and name == "window_steps":
+                continue  # automatic windows
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-        if self.buffer_steps < self.window_steps:
+        if self.window_steps is not None and self.buffer_steps < self.window_steps:
             raise ValueError(
                 f"buffer_steps ({self.buffer_steps}) must be >= window_steps ({self.window_steps})"
             )

@@ -67,6 +67,12 @@ _STATE_VERSION = 1  # bump when state_dict() changes shape
 # A capture's kernel-level figures describe the steps it profiled (perturbed by the profiler):
 # they join this many windows after it, then age out, so a finding they raise can resolve.
 _TRACE_FIGURES_WINDOWS = 4
+# Automatic windows (window_steps=None): at least this many steps and seconds, at most this many
+# steps. A window costs a few hundred microseconds of Python (summary, rules, sinks) and evicts
+# the training step's code from the caches, so a loop of sub-millisecond steps closing one every
+# 25 steps paid more for its windows than for everything else the monitor does, and wrote ~80
+# TensorBoard points a second. Steps of 10 ms or more keep 25-step windows.
+AUTO_WINDOW_MIN_STEPS, AUTO_WINDOW_MAX_STEPS, AUTO_WINDOW_MIN_S = 25, 250, 0.25
 
 
 class StepRecorder:
@@ -74,7 +80,9 @@ class StepRecorder:
 
     Args:
         warmup_steps: Leading steps left out of every figure (allocator warm-up, compilation).
-        window_steps: Steps per window; rules and sinks run once per window.
+        window_steps: Steps per window; rules and sinks run once per window. ``None``: automatic,
+            at least 25 steps and 0.25 s and at most 250 steps (and the ring); 25 steps under
+            torch.distributed, where every rank must close the same windows.
         buffer_steps: Capacity of the ring buffer of per-step records (bounds memory).
         fire_after: Consecutive windows a rule must hold before its finding is emitted.
         clear_after: Consecutive windows a rule must be absent before its finding is resolved.
@@ -96,17 +104,18 @@ class StepRecorder:
         "_pending_samples", "_poll_device", "_process_window_guarded",
         "_retained", "_ring", "_rss", "_rss_samples", "_sample_rss", "_seen", "_stack",
         "_step_t0", "_sync_s", "_sync_t0", "_t_mark", "_totals", "_trace_age", "_untallied",
-        "_val_t0", "_warmup_end", "autocast_pending", "clock", "comm_sources", "context",
-        "device", "failopen", "flop_counter", "last_profiled_step", "pipeline", "probes",
-        "profiled_steps", "profiler", "steps_seen", "trace_figures", "warmup_steps",
-        "window_sources", "window_steps",
+        "_val_t0", "_warmup_end", "_win_len", "_win_max", "_win_min", "_win_min_s",
+        "_win_n", "_win_t0", "_window_steps", "autocast_pending", "clock", "comm_sources",
+        "context", "device", "failopen", "flop_counter", "last_profiled_step", "pipeline",
+        "probes", "profiled_steps", "profiler", "steps_seen", "trace_figures", "warmup_steps",
+        "window_sources",
     )
 
     def __init__(
         self,
         *,
         warmup_steps: int = 5,
-        window_steps: int = 25,
+        window_steps: int | None = None,
         buffer_steps: int = 1024,
         fire_after: int = 2,
         clear_after: int = 2,
@@ -119,17 +128,17 @@ class StepRecorder:
     ) -> None:
         for name, value, low in (
             ("warmup_steps", warmup_steps, 0),
-            ("window_steps", window_steps, 1),
+            ("window_steps", 1 if window_steps is None else window_steps, 1),
             ("buffer_steps", buffer_steps, 1),
         ):
             if not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-        if buffer_steps < window_steps:
+        if window_steps is not None and buffer_steps < window_steps:
             raise ValueError(
                 f"buffer_steps ({buffer_steps}) must be >= window_steps ({window_steps})"
             )
         self.warmup_steps = warmup_steps
-        self.window_steps = window_steps
+        self._window_steps = window_steps
         self.clock = clock
         self.context = context or RunContext()
         self.profiler: TraceProfiler | None = None  # see attach_profiler()
@@ -168,12 +177,21 @@ class StepRecorder:
         # (steps appended, times, indices) of the ring as last summarised: see _retained_steps()
         self._retained: tuple[int, tuple[float, ...], tuple[int, ...]] = (-1, (), ())
         # torch.compile counters, read once per window; autocast sampled in one forward per window
-        self._compile = CompileProbe(max_marks=buffer_steps // window_steps + 2)
+        self._compile = CompileProbe(
+            max_marks=buffer_steps // min(window_steps or AUTO_WINDOW_MIN_STEPS, buffer_steps) + 2)
         if warmup_steps == 0:
             self.failopen.guard("compile_counters", self._compile.mark)(0)
         self.autocast_pending = True  # sample autocast in the next forward (sample_autocast())
         self._totals = RunTotals()
         self._untallied = 0  # measured steps, the newest in the ring, not yet in _totals
+        # The open window: its measured steps and start; it closes at _win_min steps or more once
+        # it spans _win_min_s seconds, and at _win_max steps (see _window_bounds()).
+        self._win_n = 0
+        self._win_t0 = 0.0
+        self._win_min = self._win_max = self._win_len = 1
+        self._win_min_s = 0.0
+        self._window_bounds()
+        self._win_len = self._win_min  # steps in the last closed window (none yet: the minimum)
         self._dev_window: list[tuple[float, list[float]]] = []
         self._cuda_retries_at_window = 0.0
         # current step
@@ -222,6 +240,38 @@ class StepRecorder:
             r = ring[i]
             add(r.phases, r.step_s, r.samples, r.gc_pause_s, r.gc_collections, r.comm_s)
         self._untallied = 0
+
+    @property
+    def window_steps(self) -> int | None:
+        """Steps per window as given (``None``: automatic, see :meth:`_window_bounds`)."""
+        return self._window_steps
+
+    @window_steps.setter
+    def window_steps(self, steps: int | None) -> None:
+        """Change the window length from the open window on (a window longer than the ring
+        loses no step: the totals are tallied before the ring wraps)."""
+        self._window_steps = steps
+        self._window_bounds()
+
+    def _window_bounds(self) -> None:
+        """Set how many steps (and seconds) the next window spans, from ``window_steps``.
+
+        Automatic windows stay at 25 steps under torch.distributed: ranks compare their windows
+        by number, so every rank must close each one at the same step, which a window closed by
+        the clock would not guarantee. Re-read after every window, since an adapter may learn the
+        world size after construction.
+        """
+        ring = self._ring.maxlen or 1
+        fixed = self._window_steps
+        if fixed is None and self.context.world_size > 1:
+            fixed = min(AUTO_WINDOW_MIN_STEPS, ring)
+        if fixed is not None:
+            self._win_min = self._win_max = fixed
+            self._win_min_s = 0.0
+        else:
+            self._win_min = min(AUTO_WINDOW_MIN_STEPS, ring)
+            self._win_max = min(AUTO_WINDOW_MAX_STEPS, ring)
+            self._win_min_s = AUTO_WINDOW_MIN_S
 
     # ----------------------------------------------------------------- lifecycle
     def attach_profiler(self, profiler: TraceProfiler) -> None:
@@ -427,11 +477,18 @@ class StepRecorder:
         self._untallied += 1  # added to the totals in a batch, on read (see totals)
         if self._cuda is not None:
             self._poll_device()
-        if (self._totals.steps + self._untallied) % self.window_steps == 0:
+        n = self._win_n + 1
+        self._win_n = n
+        if n == 1:
+            self._win_t0 = self._step_t0
+        if n >= self._win_min and (n >= self._win_max or t - self._win_t0 >= self._win_min_s):
+            self._win_n = 0
+            self._win_len = n
             self._tally()  # at most a window's steps wait, all still in the ring
             self._sample_rss()
             self._process_window_guarded()
-        elif self._untallied == self._ring.maxlen:  # window_steps was set beyond the ring
+            self._window_bounds()
+        elif self._untallied == self._ring.maxlen:  # more steps than the ring since a tally
             self._tally()
 
     def abort_step(self) -> None:
@@ -546,6 +603,8 @@ class StepRecorder:
         self._warmup_end = self.steps_seen + self.warmup_steps  # a new process is cold again
         self._totals.load_state_dict(state)
         self._untallied = 0
+        # a fixed window stays aligned to the step count it had; an automatic one starts afresh
+        self._win_n = self._totals.steps % self._window_steps if self._window_steps else 0
         self._ring.clear()
         self._ring.extend(StepRecord(*row) for row in state["ring"])
         self._retained = (-1, (), ())
@@ -575,23 +634,23 @@ class StepRecorder:
                 continue
             self._totals.add_device_step(step_s, phases)
             self._dev_window.append((step_s, phases))
-            del self._dev_window[: -self.window_steps]
+            del self._dev_window[: -self._win_max]
 
     # ----------------------------------------------------------------- windows
     def window(self, steps: int | None = None) -> WindowStats | None:
         """Summary of the last ``steps`` measured steps (default: one window); ``None`` if none."""
-        n = self.window_steps if steps is None else steps
+        n = self._win_len if steps is None else steps
         if not self._ring:
             return None
         ring = self._ring
         records = [ring[i] for i in range(-min(n, len(ring)), 0)]  # deque ends index in O(1)
         extra: dict[str, Any] = {}
         if self._dev_window:
-            k = len(self._dev_window)
-            extra["device_step_s"] = sum(s for s, _ in self._dev_window) / k
+            dev = self._dev_window[-n:]
+            k = len(dev)
+            extra["device_step_s"] = sum(s for s, _ in dev) / k
             extra["device_phase_s"] = {
-                name: sum(p[i] for _, p in self._dev_window) / k
-                for i, name in enumerate(PHASE_NAMES)
+                name: sum(p[i] for _, p in dev) / k for i, name in enumerate(PHASE_NAMES)
             }
         if self._cuda is not None:
             self.failopen.call("cuda_capability", self._read_device_facts)
@@ -608,7 +667,7 @@ class StepRecorder:
         )
         extra.update(compile_fields or {})
         extra["recent_step_times_s"], extra["recent_step_indices"] = self._retained_steps()
-        if n <= self.window_steps * _RSS_FIT_WINDOWS:  # a live window: fit over recent windows
+        if n <= self._win_len * _RSS_FIT_WINDOWS:  # a live window: fit over recent windows
             extra["rss_samples"] = tuple(self._rss_samples)
         joined = self._joined_figures(sum(map(_STEP_S, records)) / len(records))
         if joined:

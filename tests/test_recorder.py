@@ -7,6 +7,7 @@ import mmap
 
 import pytest
 
+from perfcallback.context import RunContext
 from perfcallback.memory import HostRSS
 from perfcallback.recorder import StepRecorder
 from perfcallback.rules import _REGISTRY, Finding, rule
@@ -383,3 +384,56 @@ def test_retained_steps_match_the_ring_in_every_window() -> None:
 def test_bad_arguments_are_rejected_with_the_value(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         StepRecorder(cuda=False, **kwargs)
+
+
+def _window_spans(step_s: float, steps: int, **kwargs) -> list[tuple[int, int]]:
+    """(first, last) step of every window a recorder closes over ``steps`` steps of ``step_s``."""
+    clock, sink = FakeClock(), _Collect()
+    rec = StepRecorder(warmup_steps=3, sinks=[sink], clock=clock, cuda=False, **kwargs)
+    for _ in range(steps):
+        run_step(rec, clock, fwd=step_s * 0.6, opt=step_s * 0.4)
+    return [(w.first_step, w.last_step) for w in sink.windows]
+
+
+def test_automatic_windows_span_at_least_25_steps_and_half_a_second_and_at_most_250() -> None:
+    """window_steps=None (the default): a slow step keeps 25-step windows, a fast one gets
+    windows of a quarter of a second, and a very fast one windows of 250 steps (a window's work then
+    costs a few microseconds a step instead of tens)."""
+    slow = _window_spans(0.020, 3 + 100)  # 25 x 20 ms = 0.5 s: the step count decides
+    assert slow == [(4, 28), (29, 53), (54, 78), (79, 103)]
+    medium = _window_spans(0.0041, 3 + 200)  # 4.1 ms: 61 steps make a quarter of a second
+    assert [last - first + 1 for first, last in medium] == [61, 61, 61]
+    fast = _window_spans(0.0005, 3 + 800)  # 250 steps are 125 ms: the step cap decides
+    assert [last - first + 1 for first, last in fast] == [250, 250, 250]
+    small_ring = _window_spans(0.0005, 3 + 200, buffer_steps=60)
+    assert [last - first + 1 for first, last in small_ring] == [60, 60, 60]
+
+
+def test_a_fixed_window_length_ignores_the_clock() -> None:
+    assert [last - first + 1 for first, last in _window_spans(0.0005, 53, window_steps=25)] == [
+        25, 25]
+    assert [last - first + 1 for first, last in _window_spans(2.0, 53, window_steps=25)] == [
+        25, 25]
+
+
+def test_automatic_windows_are_25_steps_across_ranks() -> None:
+    """Ranks compare windows by number, so a window closed by each rank's clock could pair
+    different steps: across ranks the automatic window is a fixed 25 steps."""
+    clock, sink = FakeClock(), _Collect()
+    rec = StepRecorder(warmup_steps=0, sinks=[sink], clock=clock, cuda=False,
+                       context=RunContext(rank=1, world_size=2))
+    for n in range(100):
+        run_step(rec, clock, fwd=0.0005 if n % 2 else 0.002)
+    assert [(w.first_step, w.last_step) for w in sink.windows] == [
+        (1, 25), (26, 50), (51, 75), (76, 100)]
+
+
+def test_report_judges_the_last_automatic_window_whole() -> None:
+    """report() evaluates the rules on the latest window: with automatic windows that is the
+    last closed window's length, not a fixed 25 steps."""
+    clock, sink = FakeClock(), _Collect()
+    rec = StepRecorder(warmup_steps=0, sinks=[sink], clock=clock, cuda=False)
+    for _ in range(300):
+        run_step(rec, clock, fwd=0.001)
+    assert [(w.first_step, w.last_step) for w in sink.windows] == [(1, 250)]
+    assert rec.report().findings_window == {"first_step": 51, "last_step": 300}

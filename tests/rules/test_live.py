@@ -21,6 +21,8 @@ class Loop:
     """Drives a recorder like a training loop would, with planted phase times."""
 
     def __init__(self, **recorder_kw: object) -> None:
+        # 25-step windows, as the default gives steps of 10 ms or more (these are 6-16 ms)
+        recorder_kw.setdefault("window_steps", 25)
         self.clock = FakeClock()
         self.events: list[tuple[int, Recommendation]] = []
         sink = CallbackSink(lambda rec: self.events.append((self.rec.steps_seen, rec)))
@@ -45,7 +47,7 @@ class Loop:
 def test_persistent_stall_reported_within_100_measured_steps(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    loop = Loop()  # the defaults: warm-up 5, windows of 25, fire after 2
+    loop = Loop()  # the defaults: warm-up 5, fire after 2; windows of 25
     with caplog.at_level(logging.INFO, logger="perfcallback"):
         loop.run(150, data_s=0.006)  # 6 of 12 ms: 50%
     ((steps_seen, rec),) = loop.events  # reported once, never repeated
