@@ -354,3 +354,33 @@ def test_failing_rss_reads_switch_only_rss_off() -> None:
     assert report.steps == 10
     assert set(report.disabled) == {"host_rss"}
     assert "host_rss_bytes" not in report.memory
+
+
+def test_default_windows_lengthen_on_a_fast_loop_and_not_on_a_slow_one() -> None:
+    """A real loop of sub-millisecond steps gets windows of many steps by default (a 25-step
+    window would cost it more than all the rest of the monitor); steps of 12 ms keep 25."""
+    from perfcallback.sinks import Sink
+    from perfcallback.stats import WindowStats
+
+    class Spans(Sink):
+        def __init__(self) -> None:
+            self.spans: list[int] = []
+
+        def on_window(self, stats: WindowStats) -> None:
+            self.spans.append(stats.last_step - stats.first_step + 1)
+
+    model = torch.nn.Linear(4, 4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    x = torch.randn(2, 4)
+    fast, slow = Spans(), Spans()
+    for sink, steps, sleep_s in ((fast, 600, 0.0), (slow, 80, 0.012)):
+        with PerfMonitor(model=model, optimizer=opt, sinks=[sink],
+                         log_recommendations=False) as perf:
+            for _ in perf.wrap_loader(range(steps)):
+                with perf.step():
+                    model(x).sum().backward()
+                    time.sleep(sleep_s)
+                    opt.step()
+                    opt.zero_grad()
+    assert fast.spans and all(100 <= n <= 250 for n in fast.spans), fast.spans
+    assert slow.spans == [25, 25, 25]
