@@ -187,7 +187,9 @@ def test_pytorch_profiler_tab_lists_our_run(browser: Any, tensorboard: str) -> N
     listing = _get_json(f"{tensorboard}/data/plugin/pytorch_profiler/runs")
     first = sorted(listing["runs"])[0]
     assert first.startswith("profiler/step") and first.endswith("-scheduled")
-    text = show(browser, f"{tensorboard}/#pytorch_profiler", (first, "Overview", "Workers"))
     worker = _get_json(f"{tensorboard}/data/plugin/pytorch_profiler/workers?run="
                        f"{urllib.parse.quote(first)}&view=Overview")
-    assert worker and worker[0] in text
+    assert worker
+    # the worker list fills in after the run and view lists: wait for it too (a loaded CI host
+    # showed the page between the two)
+    show(browser, f"{tensorboard}/#pytorch_profiler", (first, "Overview", "Workers", worker[0]))
