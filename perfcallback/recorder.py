@@ -188,8 +188,6 @@ class StepRecorder:
         # it spans _win_min_s seconds, and at _win_max steps (see _window_bounds()).
         self._win_n = 0
         self._win_t0 = 0.0
-        self._win_min = self._win_max = self._win_len = 1
-        self._win_min_s = 0.0
         self._window_bounds()
         self._win_len = self._win_min  # steps in the last closed window (none yet: the minimum)
         self._dev_window: list[tuple[float, list[float]]] = []
@@ -254,12 +252,12 @@ class StepRecorder:
         self._window_bounds()
 
     def _window_bounds(self) -> None:
-        """Set how many steps (and seconds) the next window spans, from ``window_steps``.
+        """Set how many steps (and seconds) a window spans, from ``window_steps`` and the world
+        size (every adapter gives it at construction).
 
         Automatic windows stay at 25 steps under torch.distributed: ranks compare their windows
         by number, so every rank must close each one at the same step, which a window closed by
-        the clock would not guarantee. Re-read after every window, since an adapter may learn the
-        world size after construction.
+        the clock would not guarantee.
         """
         ring = self._ring.maxlen or 1
         fixed = self._window_steps
@@ -487,7 +485,6 @@ class StepRecorder:
             self._tally()  # at most a window's steps wait, all still in the ring
             self._sample_rss()
             self._process_window_guarded()
-            self._window_bounds()
         elif self._untallied == self._ring.maxlen:  # more steps than the ring since a tally
             self._tally()
 
