@@ -144,7 +144,9 @@ def test_planted_forward_backward_and_optimizer_costs_land_in_their_phase() -> N
 
 @pytest.mark.slow
 def test_gradient_accumulation_sums_forward_and_backward() -> None:
-    model = SlowModel(fwd_s=0.006, bwd_s=0.006)
+    # 12 ms planted a call: the model's own work (0.3-1 ms a call on a busy host) stays well
+    # inside the 10% band below (at 6 ms it went over it once, in a full run on a noisy host)
+    model = SlowModel(fwd_s=0.012, bwd_s=0.012)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     with PerfMonitor(model=model, optimizer=opt, warmup_steps=1) as perf:
         train(perf, model, opt, make_loader(n=8 * 4 * 12), accumulate=4)
@@ -152,12 +154,13 @@ def test_gradient_accumulation_sums_forward_and_backward() -> None:
     assert report.steps == 11  # optimizer steps, not micro-batches
     fwd = planted_per_step(model.fwd_slept, 11, per_step=4)
     bwd = planted_per_step(model.bwd_slept, 11, per_step=4)
-    assert fwd > 4 * 0.006
+    assert fwd > 4 * 0.012
     # Each phase also holds the model's own, unplanted work (a busy host made backward's 0.3 ms
     # a call): at least the planted time, within 10% above it. One micro-batch missed or counted
     # twice is off by a quarter.
     for phase, planted in (("forward", fwd), ("backward", bwd)):
-        assert 0.99 * planted <= report.breakdown[phase] <= 1.10 * planted, phase
+        assert 0.99 * planted <= report.breakdown[phase] <= 1.10 * planted, (
+            phase, report.breakdown[phase], planted)
 
 
 def test_loop_without_model_or_optimizer_splits_data_and_other() -> None:
